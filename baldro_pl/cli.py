@@ -25,6 +25,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from baldro_pl.callbacks import HParamsTable
+from baldro_pl.distributed import DEFAULT_PG_TIMEOUT_S, apply_process_group_timeout, rank_zero_log_dir
 
 EXTRA_COMMANDS = {
     "demo": ("baldro_pl.demo", "fine-tune a tiny model on a synthetic TOFU-style set and unlearn it (no download)"),
@@ -71,7 +72,8 @@ class SaveConfigAndVersions(SaveConfigCallback):
     """Lightning's ``config.yaml`` of the run plus ``versions.json`` (library versions), in the log directory."""
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        log_dir = trainer.log_dir
+        # Lightning calls save_config on rank 0 only: no collective here (trainer.log_dir is one; issue 8)
+        log_dir = rank_zero_log_dir(trainer)
         if log_dir is None or not trainer.is_global_zero:
             return
         path = Path(log_dir) / "versions.json"
@@ -100,7 +102,21 @@ class BaldroCLI(LightningCLI):
         """As :meth:`before_fit`."""
         self._add_hparams_table()
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Lightning's trainer, with the process-group timeout of ``--pg_timeout`` on its DDP/FSDP strategy."""
+        trainer = super().instantiate_trainer(**kwargs)
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        apply_process_group_timeout(trainer, config.get("pg_timeout"))
+        return trainer
+
     def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--pg_timeout",
+            type=float | None,
+            default=DEFAULT_PG_TIMEOUT_S,
+            help="seconds a process waits in a collective (DDP/FSDP) before the run fails instead of hanging; "
+            "null: the strategy's own (Lightning: 1800); an explicit strategy init_args.timeout wins",
+        )
         parser.link_arguments(
             ("model.init_args.model", "model.init_args.tokenizer"),
             "data.init_args.tokenizer",

@@ -84,7 +84,7 @@ class HFFSDPStrategy(FSDPStrategy):
         gradient_reduce_dtype: dtype of gradient reduce-scatter: ``"float32"`` (safer with bf16 weights) or None
             (Lightning's default for the precision: bf16 under ``bf16-*``).
         **kwargs: every other ``FSDPStrategy`` argument (``sharding_strategy``, ``state_dict_type``,
-            ``cpu_offload``, ...).
+            ``cpu_offload``, ...). ``timeout`` defaults to :data:`baldro_pl.distributed.DEFAULT_PG_TIMEOUT_S`.
     """
 
     strategy_name = "hf_fsdp"
@@ -104,6 +104,12 @@ class HFFSDPStrategy(FSDPStrategy):
             kwargs.pop(key, None)
         if gradient_reduce_dtype not in (None, *DTYPES):
             raise ValueError(f"HFFSDPStrategy: gradient_reduce_dtype must be None or one of {sorted(DTYPES)}")
+        if kwargs.get("timeout") is None:  # Python API: no half-hour hang (the CLI sets its --pg_timeout on top)
+            from datetime import timedelta
+
+            from baldro_pl.distributed import DEFAULT_PG_TIMEOUT_S
+
+            kwargs["timeout"] = timedelta(seconds=DEFAULT_PG_TIMEOUT_S)
         super().__init__(**kwargs)
         self.layer_names = layer_names
         self.activation_checkpointing_layers = activation_checkpointing_layers

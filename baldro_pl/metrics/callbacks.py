@@ -173,8 +173,10 @@ class _SuiteEvaluation(Callback):
         )
         self.last_result = result
         self._log(trainer, pl_module, result, log_with_module)
+        # trainer.log_dir is a collective: every rank asks for it, before the rank-0-only write (issue 8)
+        root = self.output_dir or (trainer.log_dir if self.write_logs else None) or trainer.default_root_dir
         if self.write_logs and trainer.is_global_zero:
-            folder = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir) / tag
+            folder = Path(root) / tag
             write_json_atomic(folder / f"{self.suite_name}_EVAL.json", result.logs)
             write_json_atomic(folder / f"{self.suite_name}_SUMMARY.json", result.summary)
             log.info("%s evaluation (%s) written to %s", self.suite_name, tag, folder)
