@@ -45,10 +45,13 @@ TRAIN_PRESETS = [
     "tofu/finetune_retain.yaml",
     *(f"tofu/{m}.yaml" for m in ("npo", "npo_group", "npo_dv", "simnpo", "simnpo_group", "simnpo_dv")),
     *(f"tofu/{m}.yaml" for m in ("satimp", "satimp_group", "satimp_dv")),
+    *(f"tofu/{m}_release.yaml" for m in ("npo_dv", "npo_group", "simnpo_dv", "satimp_dv")),
     "muse/news_npo.yaml",
     "muse/news_npo_group.yaml",
     "muse/news_npo_dv.yaml",
+    "muse/news_npo_dv_release.yaml",
     "muse/books_npo_dv.yaml",
+    "muse/books_npo_dv_release.yaml",
 ]
 COMPLETE_PRESETS = TRAIN_PRESETS + EVAL_PRESETS
 
@@ -101,7 +104,8 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 # ---------------------------------------------------------------------------------------------------- every file
 def test_configs_folder_holds_exactly_the_listed_presets() -> None:
-    found = sorted(_rel(p) for p in CONFIGS.rglob("*.yaml"))
+    # configs/study/ holds `baldro-pl study` specs, not fit/test configs (tests/study/test_study_spec.py checks them)
+    found = sorted(_rel(p) for p in CONFIGS.rglob("*.yaml") if not _rel(p).startswith("study/"))
     assert found == sorted(COMPLETE_PRESETS + STRATEGY_FILES)
 
 
@@ -130,7 +134,7 @@ def test_strategy_file_composes_after_a_preset(strategy: str, capsys: pytest.Cap
     assert trainer["accelerator"] == "gpu"
     # the preset's method and per-device batch (the DRO set) survive the composition
     assert model["aggregator"]["class_path"] == "baldro_pl.objectives.BalDRODV"
-    assert model["aggregator"]["init_args"]["emphasis"] == "easy"
+    assert model["aggregator"]["init_args"]["emphasis"] == "hard"  # npo_dv.yaml: the paper's sign
     assert config["data"]["init_args"]["batch_size"] == 8
     assert trainer["accumulate_grad_batches"] == 4
     if strategy == "strategy/fsdp.yaml":
@@ -176,25 +180,39 @@ class Method(NamedTuple):
     accumulation: int
 
 
-DV_EASY = {"temperature": 1.0, "emphasis": "easy", "unit": "sample"}
+DV_EASY = {"temperature": 1.0, "emphasis": "easy", "unit": "sample", "score": "loss"}  # the release code's DV
+DV_HARD = {**DV_EASY, "emphasis": "hard"}  # the paper's DV
 GROUP = {"ratio": 0.5, "subsample_retain": True, "seed": None}
 NPO_ARGS, SIMNPO_ARGS, SATIMP_ARGS = {"beta": 0.1}, {"beta": 4.5, "delta": 0.0}, {"beta1": 5.0, "beta2": 1.0}
 TOFU_METHODS = {
     "npo": Method(NPO, NPO_ARGS, Mean, {}, "token", 1.0, 1.0, 8, 4),
     "npo_group": Method(NPO, NPO_ARGS, BalDROG, GROUP, "token", 1.0, 1.0, 8, 4),
-    "npo_dv": Method(NPO, NPO_ARGS, BalDRODV, DV_EASY, "sequence", 1.0, 1.0, 8, 4),
+    "npo_dv": Method(NPO, NPO_ARGS, BalDRODV, DV_HARD, "sequence", 1.0, 1.0, 8, 4),
+    "npo_dv_release": Method(NPO, NPO_ARGS, BalDRODV, DV_EASY, "sequence", 1.0, 1.0, 8, 4),
+    "npo_group_release": Method(NPO, NPO_ARGS, BalDROG, GROUP, "token", 1.0, 1.0, 8, 4),
     "simnpo": Method(SimNPO, SIMNPO_ARGS, Mean, {}, "token", 0.125, 1.0, 8, 4),
     "simnpo_group": Method(SimNPO, SIMNPO_ARGS, BalDROG, GROUP, "token", 0.125, 1.0, 8, 4),
-    "simnpo_dv": Method(SimNPO, SIMNPO_ARGS, BalDRODV, DV_EASY, "token", 0.125, 1.0, 8, 4),
+    "simnpo_dv": Method(SimNPO, SIMNPO_ARGS, BalDRODV, DV_HARD, "token", 0.125, 1.0, 8, 4),
+    "simnpo_dv_release": Method(SimNPO, SIMNPO_ARGS, BalDRODV, DV_EASY, "token", 0.125, 1.0, 8, 4),
     "satimp": Method(SatImp, SATIMP_ARGS, Mean, {}, "token", 0.1, 1.0, 4, 8),
     "satimp_group": Method(SatImp, SATIMP_ARGS, BalDROG, GROUP, "token", 0.1, 1.0, 4, 8),
-    "satimp_dv": Method(SatImp, SATIMP_ARGS, BalDRODV, {**DV_EASY, "unit": "token"}, "sequence", 0.1, 1.0, 4, 8),
+    "satimp_dv": Method(SatImp, SATIMP_ARGS, BalDRODV, {**DV_HARD, "unit": "token"}, "sequence", 0.1, 1.0, 4, 8),
+    "satimp_dv_release": Method(
+        SatImp, SATIMP_ARGS, BalDRODV, {**DV_EASY, "unit": "token"}, "sequence", 0.1, 1.0, 4, 8
+    ),
+}
+# the BalDRO scripts of GroupNPO and DrNPO run forget01 only; their release presets use it (the rest: forget10)
+TOFU_SPLITS = {
+    "npo_dv_release": ("forget01", "retain99", "holdout01"),
+    "npo_group_release": ("forget01", "retain99", "holdout01"),
 }
 MUSE_METHODS = {
     "news_npo": Method(NPO, NPO_ARGS, Mean, {}, "token", 1.0, 1.0, 4, 8),
     "news_npo_group": Method(NPO, NPO_ARGS, BalDROG, GROUP, "token", 1.0, 1.0, 4, 8),
-    "news_npo_dv": Method(NPO, NPO_ARGS, BalDRODV, DV_EASY, "sequence", 1.0, 1.0, 4, 8),
-    "books_npo_dv": Method(NPO, NPO_ARGS, BalDRODV, DV_EASY, "sequence", 1.0, 1.0, 4, 8),
+    "news_npo_dv": Method(NPO, NPO_ARGS, BalDRODV, DV_HARD, "sequence", 1.0, 1.0, 4, 8),
+    "news_npo_dv_release": Method(NPO, NPO_ARGS, BalDRODV, DV_EASY, "sequence", 1.0, 1.0, 4, 8),
+    "books_npo_dv": Method(NPO, NPO_ARGS, BalDRODV, DV_HARD, "sequence", 1.0, 1.0, 4, 8),
+    "books_npo_dv_release": Method(NPO, NPO_ARGS, BalDRODV, DV_EASY, "sequence", 1.0, 1.0, 4, 8),
 }
 
 
@@ -241,12 +259,13 @@ def test_tofu_unlearning_preset_builds_the_parity_mapping(name: str, in_tmp: Pat
     assert (cli.model.weight_decay, cli.model.warmup_epochs, cli.model.lr_schedule) == (0.01, 1.0, "linear")
     data = cli.datamodule
     assert isinstance(data, TOFUDataModule)
-    assert (data.forget_split, data.retain_split, data.holdout_split) == ("forget10", "retain90", "holdout10")
+    splits = TOFU_SPLITS.get(name, ("forget10", "retain90", "holdout10"))
+    assert (data.forget_split, data.retain_split, data.holdout_split) == splits
     assert data.max_length == 512
     assert data.tokenizer_source == TOFU_TARGET  # linked from the model
     assert data.pad_token == "</s>"  # linked from the model
     evaluation = _callback(cli.trainer, TOFUEvaluation)
-    assert evaluation.retain_logs_path == TOFU_RETAIN_LOG
+    assert evaluation.retain_logs_path == TOFU_RETAIN_LOG.replace("retain90", splits[1])  # the split's retain model
     assert evaluation.max_new_tokens == 200
     assert evaluation.eval_on_start is name.startswith("npo")  # as the reference scripts set it
     assert {"forget_quality", "model_utility"} <= set(evaluation.metrics)  # what BalDRO's eval config reports
@@ -282,12 +301,41 @@ def test_muse_unlearning_preset_builds_the_parity_mapping(name: str, in_tmp: Pat
     assert headline <= set(MUSE_METRICS)
 
 
+def _differing_values(a: Any, b: Any, path: str = "") -> set[str]:
+    """Dotted paths of the leaves where two parsed YAML trees differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return set().union(*(_differing_values(a.get(k), b.get(k), f"{path}.{k}".lstrip(".")) for k in {*a, *b}))
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return set().union(set(), *(_differing_values(x, y, f"{path}.{i}") for i, (x, y) in enumerate(zip(a, b))))
+    return set() if a == b else {path}
+
+
 @pytest.mark.parametrize("preset", [f"tofu/{m}.yaml" for m in TOFU_METHODS] + [f"muse/{m}.yaml" for m in MUSE_METHODS])
 def test_reference_dv_presets_say_that_hard_is_the_papers_form(preset: str) -> None:
     text = (CONFIGS / preset).read_text()
     if "emphasis: easy" in text:
         assert '"hard" is the paper' in text
         assert "reference code's sign" in text
+    if "BalDRODV" not in text:
+        return
+    # *_dv.yaml: the paper's sign; *_dv_release.yaml: the release code's, saying that it reproduces it
+    paper = preset.replace("_release.yaml", ".yaml")
+    release = paper.replace(".yaml", "_release.yaml")
+    assert (CONFIGS / paper).is_file() and (CONFIGS / release).is_file()
+    if preset == release:
+        assert "emphasis: easy" in text and "emphasis: hard" not in text
+        assert "reproduces the release code" in text
+        assert f"configs/{paper}" in text  # points at the paper's form
+        # and the paper's form is this preset with the other sign (and, for DrNPO on TOFU, forget10 instead of forget01)
+        differ = _differing_values(yaml.safe_load(text), yaml.safe_load((CONFIGS / paper).read_text()))
+        allowed = {"model.init_args.aggregator.init_args.emphasis", "trainer.logger.init_args.name"}
+        allowed |= {"data.init_args.forget_split", "trainer.callbacks.2.init_args.retain_logs_path"}
+        assert "model.init_args.aggregator.init_args.emphasis" in differ
+        assert differ <= allowed, differ - allowed
+    else:
+        assert "emphasis: hard" in text and "emphasis: easy" not in text
+        assert "the paper's sign" in text
+        assert f"configs/{release}" in text  # points at the release code's form
 
 
 @pytest.mark.parametrize(

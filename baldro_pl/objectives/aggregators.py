@@ -7,7 +7,9 @@ BalDRO (Shao et al., WWW 2026, arXiv 2601.09172) replaces the empirical mean of 
 over distributions near the empirical one, ``sup_{Q: KL(Q||P) <= eta} E_Q[l]``:
 
 * :class:`BalDRODV` uses the Donsker-Varadhan dual of the KL-regularised sup,
-  ``A(l) = tau * (logsumexp(l / tau) - log n)``, whose gradient weights are ``softmax(l / tau)``;
+  ``A(l) = tau * (logsumexp(l / tau) - log n)``, whose gradient weights are ``softmax(l / tau)``. Which samples
+  that favours depends on the base loss (a high loss means "still remembered" only for GradAscent, NPO and SimNPO;
+  see :class:`BalDRODV`); ``score="nll"`` weighs by the per-token NLL instead, the same for every base loss;
 * :class:`BalDROG` is its discrete GroupDRO approximation: the mean over the ``k = max(1, floor(rho n))`` samples
   that are still best remembered (lowest per-token NLL).
 """
@@ -71,14 +73,53 @@ class Mean(Aggregator):
 class BalDRODV(Aggregator):
     """BalDRO-DV: soft worst-case weighting of the forget losses through the Donsker-Varadhan dual.
 
+    With ``score="loss"`` (default) this is the paper's DV over the base loss ``l``: the value
+    ``tau * (logsumexp(l / tau) - log n)`` (``"hard"``) or ``-tau * (logsumexp(-l / tau) - log n)`` (``"easy"``),
+    whose gradient weights are ``softmax(+-l / tau)``. With ``score="nll"`` the weights are
+    ``w = softmax(+-h / tau)`` of the detached hardness ``h_i = -avg_i`` (minus the per-token average NLL, the quantity
+    BalDRO-G ranks by), and the loss is ``sum_i w_i l_i``: the weights are constants, so the gradient
+    ``sum_i w_i grad l_i`` flows only through the base loss. ``"hard"`` then favours the samples the model still
+    predicts best (lowest average NLL), whatever the base loss.
+
+    A high base loss means "still remembered" only for GradAscent, NPO and SimNPO. SatImp's and WGA's token losses
+    ``-w(p) c`` are non-monotone in the token probability ``p = e^{-c}``: SatImp's (beta1 5, beta2 1) is about 0 both
+    at ``p -> 1`` and at ``p -> 0`` and lowest (-0.018) at ``p ~ 0.69``; WGA's is lowest (``-1 / (e beta)``) at
+    ``c = 1/beta`` (``p = e^{-1/beta}``) and rises towards 0 on both sides. The samples each choice weighs most:
+
+    ==========  =================================  ==============================  ========================
+    base loss   score="loss", hard                 score="loss", easy              score="nll", hard / easy
+    ==========  =================================  ==============================  ========================
+    GradAscent  lowest avg NLL (1)                 highest avg NLL                 lowest / highest avg NLL
+    NPO         smallest NLL rise since start (2)  largest NLL rise                lowest / highest avg NLL
+    SimNPO      lowest avg NLL (3)                 highest avg NLL                 lowest / highest avg NLL
+    SatImp      both ends: p ~ 1 and p ~ 0 (4)     the middle, p ~ 0.7 (4)         lowest / highest avg NLL
+    WGA         both ends: p ~ 1 and c >> 1/beta   the middle, c ~ 1/beta          lowest / highest avg NLL
+    ==========  =================================  ==============================  ========================
+
+    (1) ``l_i = -avg_i``: the same weights and gradient as ``score="nll"``.
+    (2) NPO's ``l_i`` falls as ``NLL_i - ref_i`` grows: the rise of the *summed* NLL since unlearning began, not of
+    the per-token NLL BalDRO-G ranks by. At step 0 every ``l_i`` is ``(2/beta) log 2``: uniform weights.
+    (3) SimNPO's ``l_i`` falls as ``avg_i`` grows, but ``0 < l_i < 2 log 2 / beta``: at tau 1 and beta 4.5 no two
+    weights differ by more than a factor 1.36.
+    (4) Samples (``unit="sample"``: the token mean) or tokens (``unit="token"``) at these probabilities. SatImp's
+    ``-0.018 <= l <= 0`` (beta1 5, beta2 1) keeps the weights at tau 1 within 2% of uniform, so DV-SatImp at tau 1,
+    the reference's DrSatImp among them, is plain SatImp up to that 2%.
+
     Args:
         temperature: ``tau > 0``. Large values approach the mean; small values the worst (or best) sample.
             Called ``beta_dv_forget`` (DrNPO) and ``sigma_forget`` (DrSimNPO, DrSatImp) in the reference code.
-        emphasis: ``"hard"`` (default, the paper's sup: weights ``softmax(l / tau)`` favour samples still
-            remembered) or ``"easy"`` (the reference code's ``-tau log mean exp(-l / tau)``: weights
-            ``softmax(-l / tau)`` favour samples already forgotten), kept to reproduce its published configurations.
+            It acts on the scale of the score: the base loss's range differs per base loss (see the table), the
+            average NLL's is a few nats.
+        emphasis: ``"hard"`` (default, the paper's sup: weights ``softmax(score / tau)``; for ``score="loss"`` the
+            samples of highest base loss, for ``score="nll"`` those of lowest average NLL) or ``"easy"`` (the
+            reference code's ``-tau log mean exp(-l / tau)``: weights ``softmax(-score / tau)``), kept to reproduce
+            its published configurations.
         unit: ``"sample"`` (default) weighs samples; ``"token"`` weighs every target token of a token-level loss,
-            which is what the reference code's DrSatImp does.
+            which is what the reference code's DrSatImp does. Only with ``score="loss"``.
+        score: what the weights are a softmax of: ``"loss"`` (default, the paper's DV over the base loss) or
+            ``"nll"`` (the detached per-sample hardness ``-avg NLL``, so that ``"hard"`` means "still remembered"
+            for every base loss). ``score="nll"`` needs ``unit="sample"``: the weights rank samples by their average
+            NLL, and a sample without target tokens gets weight 0 (unless every sample of the batch is empty).
     """
 
     def __init__(
@@ -87,6 +128,7 @@ class BalDRODV(Aggregator):
         temperature: float = 1.0,
         emphasis: Literal["hard", "easy"] = "hard",
         unit: Literal["sample", "token"] = "sample",
+        score: Literal["loss", "nll"] = "loss",
     ) -> None:
         if not (isinstance(temperature, int | float) and temperature > 0 and math.isfinite(temperature)):
             raise ValueError(f"BalDRODV: temperature must be a finite number > 0, got {temperature!r}")
@@ -94,12 +136,21 @@ class BalDRODV(Aggregator):
             raise ValueError(f"BalDRODV: emphasis must be 'hard' or 'easy', got {emphasis!r}")
         if unit not in ("sample", "token"):
             raise ValueError(f"BalDRODV: unit must be 'sample' or 'token', got {unit!r}")
+        if score not in ("loss", "nll"):
+            raise ValueError(f"BalDRODV: score must be 'loss' or 'nll', got {score!r}")
+        if score == "nll" and unit != "sample":
+            raise ValueError(
+                f"BalDRODV: score='nll' weighs samples by their average NLL and needs unit='sample', got unit={unit!r}"
+            )
         self.temperature = float(temperature)
         self.emphasis = emphasis
         self.unit = unit
+        self.score = score
 
     def __call__(self, losses: ForgetLosses) -> Aggregated:
         sign = 1.0 if self.emphasis == "hard" else -1.0
+        if self.score == "nll":
+            return self._nll_weighted(losses, sign)
         if self.unit == "sample":
             loss = dv_aggregate(losses.per_sample, self.temperature, self.emphasis)
             weights = torch.softmax(sign * losses.per_sample.detach().float() / self.temperature, dim=0)
@@ -112,6 +163,18 @@ class BalDRODV(Aggregator):
         weights = torch.zeros(losses.mask.shape, dtype=token_weights.dtype, device=token_weights.device)
         weights[losses.mask] = token_weights
         return Aggregated(loss, weights.sum(-1))
+
+    def _nll_weighted(self, losses: ForgetLosses, sign: float) -> Aggregated:
+        """``score="nll"``: ``sum_i w_i l_i`` with constant ``w = softmax(sign * hardness / tau)``."""
+        logits = sign * losses.hardness.detach().float() / self.temperature
+        empty = losses.mask.sum(-1) == 0  # hardness 0 (the "best remembered" value): leave such samples out
+        logits = logits.masked_fill(empty & ~empty.all(), -math.inf)  # no host sync; all empty: uniform
+        weights = torch.softmax(logits, dim=0)
+        return Aggregated((weights * losses.per_sample.float()).sum(), weights)
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("score", "loss")  # pickled (checkpointed) before score existed
+        self.__dict__.update(state)
 
 
 class BalDROG(Aggregator):

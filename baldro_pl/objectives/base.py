@@ -1,6 +1,8 @@
 """Contracts of the three parts every unlearning method is composed of (design.md §1-2).
 
-* a :class:`ForgetLoss` maps the forget batch's target log-probs to unreduced losses ("higher = still remembered");
+* a :class:`ForgetLoss` maps the forget batch's target log-probs to unreduced losses (lower = more forgotten by the
+  method's own measure; "higher = still remembered" holds for GradAscent, NPO and SimNPO only, see
+  :mod:`baldro_pl.objectives.forget`) and to each sample's hardness ``-avg NLL``;
 * an :class:`Aggregator` turns those into one scalar and says which weight each sample got (Mean, BalDRO-DV,
   BalDRO-G);
 * a :class:`RetainLoss` scores the retain batch (NLL or KL to the reference model).
@@ -32,7 +34,8 @@ class ForgetLosses:
         mask: ``[B, T']`` target-token mask.
         reduction: how the published method reduces a batch: ``"sample"`` (mean over samples) or ``"token"``
             (mean over all target tokens of the batch).
-        hardness: ``[B]`` detached ``-avg NLL`` of each sample (BalDRO-G: high = still well remembered).
+        hardness: ``[B]`` detached ``-avg NLL`` of each sample (high = still well remembered, for every base loss;
+            what BalDRO-G and ``BalDRODV(score="nll")`` rank by).
     """
 
     per_sample: Tensor

@@ -1,4 +1,17 @@
-"""Base forget losses (design.md §1.2). Each is "higher = still remembered" and comes with a functional twin.
+"""Base forget losses (design.md §1.2), each with a functional twin.
+
+Minimising a loss forgets, but "a higher loss = still remembered" holds only for some of them:
+
+* GradAscent (``-avg_i``) and SimNPO (decreasing in ``avg_i``) are monotone in the per-token NLL;
+* NPO is decreasing in ``NLL_i - ref_i``, the rise of the *summed* NLL since unlearning began: every sample has the
+  same loss ``(2/beta) log 2`` at the start, and a long sample's loss falls faster than a short one's for the same
+  per-token rise;
+* SatImp's and WGA's token losses ``-w(p_t) c_t`` are non-monotone in ``p_t = e^{-c_t}``: near 0 both for tokens the
+  model still predicts (``p -> 1``) and for tokens already forgotten (``p -> 0``). SatImp (beta1 5, beta2 1) is
+  lowest, -0.018, at ``p ~ 0.69``; WGA is lowest, ``-1 / (e beta)``, at ``c = 1/beta``.
+
+So an aggregator that weighs by the loss (BalDRO-DV's default) does not weigh "what is still remembered" for every
+loss; :attr:`ForgetLosses.hardness` (``-avg NLL``) does, and is what BalDRO-G and ``BalDRODV(score="nll")`` use.
 
 Notation: for sample ``i`` with target tokens ``T_i``: ``c_t = -log p(y_t | y_<t, x)`` (token NLL),
 ``NLL_i = sum_t c_t``, ``n_i = |T_i|``, ``avg_i = NLL_i / n_i``, ``ref_i`` = ``NLL_i`` under the model before
@@ -40,14 +53,20 @@ def simnpo_loss(avg_nll: Tensor, beta: float, delta: float = 0.0) -> Tensor:
 
 def satimp_token_loss(token_nll: Tensor, beta1: float, beta2: float) -> Tensor:
     """SatImp per-token loss ``-w_t c_t`` with ``w_t = p_t^beta1 (1 - p_t)^beta2``, ``p_t = e^{-c_t}``, no gradient
-    through ``w`` (Yang et al. 2025, "Exploring criteria of loss reweighting")."""
+    through ``w`` (Yang et al. 2025, "Exploring criteria of loss reweighting").
+
+    Non-monotone in ``p_t``: 0 at ``p_t = 1`` and towards ``p_t -> 0``, lowest in between (beta1 5, beta2 1: -0.018 at
+    ``p_t ~ 0.69``; beta1 6: -0.013 at ``p_t ~ 0.73``)."""
     p = (-token_nll).exp().detach()
     weight = p.pow(beta1) * (1.0 - p).pow(beta2)
     return -weight * token_nll
 
 
 def wga_token_loss(token_nll: Tensor, beta: float) -> Tensor:
-    """WGA per-token loss ``-w_t c_t`` with ``w_t = p_t^beta`` (no gradient through ``w``)."""
+    """WGA per-token loss ``-w_t c_t`` with ``w_t = p_t^beta`` (no gradient through ``w``).
+
+    Non-monotone in ``c_t``: it falls from 0 at ``c_t = 0`` to ``-1 / (e beta)`` at ``c_t = 1/beta`` (``p_t =
+    e^{-1/beta}``) and rises back towards 0 as ``c_t`` grows."""
     weight = (-token_nll).exp().detach().pow(beta)
     return -weight * token_nll
 
