@@ -14,6 +14,14 @@ rows have TOFU's schema and split layout (metrics-spec §2.1, ../shared/data/tof
 * ``real_authors_perturbed`` / ``world_facts_perturbed``: small general-knowledge utility sets (successor of a
   day, month or letter; sums of two numbers) with 3 perturbed answers each.
 
+**Memorisation strata** (``strata=(1, 2, 4, 8)``, the heterogeneity benchmark of :mod:`baldro_pl.heterogeneity`): the
+``forget10`` authors are split into equal groups of complete authors, one per repeat count; a target model fine-tuned
+on :func:`repeat_by_stratum`'s rows sees each group's QA pairs that many times, so some forget samples are much more
+memorised than others. Which author goes to which stratum is a seeded, balanced draw. The forget rows
+(``forgetXX`` and ``forgetXX_perturbed``) then carry a last field ``"stratum"`` (:data:`STRATUM_FIELD`), a label
+``"x<repeats>"`` (:func:`stratum_label`: ``"x1"``, ``"x2"``, ``"x4"``, ``"x8"``) that the TOFU evaluation groups by
+(``stratum/<label>/...`` in its log and summary). Without ``strata`` the rows have exactly TOFU's fields.
+
 :func:`write_synthetic_tofu` writes the splits as ``<split>.jsonl`` files, so ``TOFUDataModule(data_dir=...)``
 loads them unchanged. Everything is a deterministic function of the arguments.
 """
@@ -25,7 +33,7 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from baldro_pl.datamodules.formatting import PromptFormat
@@ -261,11 +269,50 @@ TEMPLATES: tuple[tuple[str, str, str, str, str], ...] = (
 SPLIT_PERCENT = {"01": 0.01, "05": 0.05, "10": 0.10}
 N_PERTURBED, N_UTILITY_PERTURBED = 5, 3
 MANIFEST = "synthetic.json"
+STRATUM_FIELD = "stratum"
 
 
 def n_forget_authors(n_authors: int, percent: str) -> int:
     """Authors in ``forget<percent>``: ``round(fraction × n_authors)``, at least one (complete authors)."""
     return max(1, round(SPLIT_PERCENT[percent] * n_authors))
+
+
+def stratum_label(repeats: int) -> str:
+    """The ``stratum`` label of the forget rows a target model sees ``repeats`` times: ``"x<repeats>"``."""
+    return f"x{repeats}"
+
+
+def stratum_repeats(label: str) -> int:
+    """Inverse of :func:`stratum_label`: ``"x8"`` -> 8.
+
+    Raises:
+        ValueError: a label that is not ``"x<positive int>"``.
+    """
+    if not (isinstance(label, str) and label.startswith("x") and label[1:].isdigit() and int(label[1:]) > 0):
+        raise ValueError(f"not a stratum label: {label!r} (expected 'x<repeats>', e.g. 'x8')")
+    return int(label[1:])
+
+
+def _check_strata(strata: Sequence[int], n_forget10: int) -> tuple[int, ...]:
+    strata = tuple(strata)
+    if not strata or any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in strata):
+        raise ValueError(f"strata must be a non-empty list of positive repeat counts, got {strata!r}")
+    if len(set(strata)) != len(strata):
+        raise ValueError(f"strata must be distinct repeat counts, got {strata!r}")
+    if n_forget10 % len(strata):
+        raise ValueError(
+            f"forget10 has {n_forget10} authors, which do not split into {len(strata)} equal strata of complete "
+            f"authors; choose n_authors so that round(0.1 * n_authors) is a multiple of {len(strata)}"
+        )
+    return strata
+
+
+def _author_strata(seed: int, n_forget10: int, strata: tuple[int, ...]) -> list[int]:
+    """Repeat count of each ``forget10`` author: equal groups, assigned by a seeded shuffle. A generator of its own
+    (not the one of the rows), so that asking for strata leaves every row of the set unchanged."""
+    counts = [k for k in strata for _ in range(n_forget10 // len(strata))]
+    random.Random(f"baldro_pl.synthetic.strata:{seed}").shuffle(counts)
+    return counts
 
 
 def _make_authors(rng: random.Random, n: int) -> list[dict[str, str]]:
@@ -349,7 +396,12 @@ def _utility_world_facts(rng: random.Random, n: int) -> list[dict]:
 
 
 def generate_synthetic_tofu(
-    seed: int = 0, *, n_authors: int = 20, qa_per_author: int = 10, n_utility: int = 20
+    seed: int = 0,
+    *,
+    n_authors: int = 20,
+    qa_per_author: int = 10,
+    n_utility: int = 20,
+    strata: Sequence[int] | None = None,
 ) -> dict[str, list[dict]]:
     """All splits of the synthetic set, ``{split name: rows}`` (see the module docstring).
 
@@ -358,9 +410,13 @@ def generate_synthetic_tofu(
         n_authors: authors in ``full`` (holdout authors come on top).
         qa_per_author: QA pairs per author (1 to 10, one per attribute template).
         n_utility: rows of each utility set (1 to 44).
+        strata: repeat counts of the memorisation strata (e.g. ``(1, 2, 4, 8)``): the ``forget10`` authors are split
+            into that many equal groups and the forget rows get a ``"stratum"`` field (``"x<repeats>"``). The rows
+            are otherwise the same as without ``strata``. None: no strata, TOFU's fields only.
 
     Raises:
-        ValueError: sizes that leave no retain author besides ``forget10`` or exceed the generator's pools.
+        ValueError: sizes that leave no retain author besides ``forget10`` or exceed the generator's pools; strata
+            that are not distinct positive counts or do not split ``forget10``'s authors evenly.
     """
     if not 1 <= qa_per_author <= len(TEMPLATES):
         raise ValueError(f"qa_per_author must be between 1 and {len(TEMPLATES)}, got {qa_per_author}")
@@ -369,6 +425,8 @@ def generate_synthetic_tofu(
         raise ValueError(f"n_authors={n_authors} is too small: retain90 must have at least as many authors as forget10")
     if not 1 <= n_utility <= 44:
         raise ValueError(f"n_utility must be between 1 and 44, got {n_utility}")
+    if strata is not None:
+        strata = _check_strata(strata, n_forget10)
     rng = random.Random(seed)
     authors = _make_authors(rng, n_authors + n_forget10)
     per_author = [_qa_rows(rng, a, qa_per_author, authors) for a in authors]
@@ -378,17 +436,41 @@ def generate_synthetic_tofu(
     def plain(rows: list[dict]) -> list[dict]:
         return [{"question": r["question"], "answer": r["answer"]} for r in rows]
 
+    # one stratum label per forget10 row, in row order (an author's rows are contiguous)
+    labels = (
+        []
+        if strata is None
+        else [stratum_label(k) for k in _author_strata(seed, n_forget10, strata) for _ in range(qa_per_author)]
+    )
+
+    def labelled(rows: list[dict]) -> list[dict]:
+        """Forget rows (a tail of ``full``, hence of forget10) with their stratum, when there are strata."""
+        if not labels:
+            return rows
+        return [{**r, STRATUM_FIELD: labels[len(labels) - len(rows) + i]} for i, r in enumerate(rows)]
+
     out: dict[str, list[dict]] = {"full": plain(perturbed_full)}
     for percent in SPLIT_PERCENT:
         n_rows = n_forget_authors(n_authors, percent) * qa_per_author
         retain = f"retain{100 - int(percent):02d}"
-        out[f"forget{percent}"] = plain(perturbed_full[-n_rows:])
-        out[f"forget{percent}_perturbed"] = perturbed_full[-n_rows:]
+        out[f"forget{percent}"] = labelled(plain(perturbed_full[-n_rows:]))
+        out[f"forget{percent}_perturbed"] = labelled(perturbed_full[-n_rows:])
         out[retain] = plain(perturbed_full[:-n_rows])
         out[f"holdout{percent}"] = plain(perturbed_holdout[:n_rows])
     out["retain_perturbed"] = perturbed_full[: n_forget10 * qa_per_author]
     out["real_authors_perturbed"] = _utility_real_authors(rng, n_utility)
     out["world_facts_perturbed"] = _utility_world_facts(rng, n_utility)
+    return out
+
+
+def repeat_by_stratum(rows: Sequence[Mapping]) -> list[dict]:
+    """Each row as many times as its stratum says (``"x4"``: 4 copies, in a row), a row without a stratum once: the
+    fine-tuning rows of a target model with memorisation strata. The ``stratum`` field itself is dropped (the rows
+    are ``question`` / ``answer`` pairs, as ``full``'s)."""
+    out = []
+    for row in rows:
+        plain = {k: v for k, v in row.items() if k != STRATUM_FIELD}
+        out.extend(dict(plain) for _ in range(stratum_repeats(row[STRATUM_FIELD]) if STRATUM_FIELD in row else 1))
     return out
 
 
@@ -420,9 +502,12 @@ def write_synthetic_tofu(
     n_authors: int = 20,
     qa_per_author: int = 10,
     n_utility: int = 20,
+    strata: Sequence[int] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write the synthetic set to ``directory`` as ``<split>.jsonl`` files (the layout of ../shared/data/tofu).
+
+    The set is :func:`generate_synthetic_tofu` of the same arguments (``strata``: memorisation strata).
 
     The files are written to a temporary folder beside ``directory`` and renamed into place, so a reader never sees
     a half-written set. A ``synthetic.json`` manifest records the arguments: if ``directory`` already holds the
@@ -442,6 +527,8 @@ def write_synthetic_tofu(
         "qa_per_author": qa_per_author,
         "n_utility": n_utility,
     }
+    if strata is not None:  # only then: the manifests of sets without strata stay as they were
+        manifest["strata"] = list(strata)
 
     def same_set() -> bool:
         try:
@@ -454,7 +541,9 @@ def write_synthetic_tofu(
             return target
         if not target.is_dir() or any(target.iterdir()):
             raise ValueError(f"{target} exists and holds something else; pass overwrite=True to replace it")
-    splits = generate_synthetic_tofu(seed, n_authors=n_authors, qa_per_author=qa_per_author, n_utility=n_utility)
+    splits = generate_synthetic_tofu(
+        seed, n_authors=n_authors, qa_per_author=qa_per_author, n_utility=n_utility, strata=strata
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:

@@ -3,8 +3,9 @@
 Every aggregate of an open-unlearning ``TOFU_EVAL.json`` / ``MUSE_EVAL.json`` is recomputed from the per-sample values
 it stores (metrics-spec §9, step 1): Prob means, normalised Prob, truth-ratio aggregates, ROUGE means, EM / ES, MIA
 AUCs, model utility, and, with the retain / retrain model's log as ``--reference``, forget quality, the forgetting
-balance and privleak (else privleak uses the reference AUC 0.5, as open-unlearning does). The table shows the logged
-``agg_value`` beside the recomputed one. A TOFU-authors log (``eval_log_aggregated.json``) is also accepted; its
+balance and privleak (else privleak uses the reference AUC 0.5, as open-unlearning does), and the per-stratum forget
+metrics of a log with memorisation strata (``stratum/<s>/...``, :mod:`baldro_pl.metrics.strata`). The table shows the
+logged ``agg_value`` beside the recomputed one. A TOFU-authors log (``eval_log_aggregated.json``) is also accepted; its
 ``aggregate_eval_stat.py`` quantities are printed.
 """
 
@@ -27,6 +28,7 @@ from baldro_pl.metrics.functional.probability import mean_probability, normalise
 from baldro_pl.metrics.functional.truth_ratio import aggregate_truth_ratio, truth_ratio
 from baldro_pl.metrics.functional.utility import MODEL_UTILITY_COMPONENTS, model_utility
 from baldro_pl.metrics.logs import ReferenceLog, load_eval_log
+from baldro_pl.metrics.strata import per_stratum_metrics, read_stratum_map
 from baldro_pl.metrics.tofu_legacy import aggregate_tofu_legacy, is_legacy_tofu_log
 
 _TR_SOURCES = {  # truth-ratio metric -> (correct-answer metric, perturbed-answers metric, aggregator)
@@ -134,8 +136,9 @@ def recompute_aggregates(
         out["model_utility"] = None if any(v is None for v in parts.values()) else model_utility(parts)
     tr_key = "forget_truth_ratio" if "forget_truth_ratio" in logs else "forget_Truth_Ratio"
     scores = _truth_ratio_scores(logs, tr_key)
-    if "forget_quality" in logs or any(k in logs for k in BALANCE_KEYS):
-        ref_tr = None
+    strata = read_stratum_map(logs)
+    ref_tr = None
+    if "forget_quality" in logs or any(k in logs for k in BALANCE_KEYS) or strata:
         if ref is not None and scores is not None:
             ref_tr = ref.forget_truth_ratios(expected_rows=len(scores))
         if "forget_quality" in logs:
@@ -144,6 +147,9 @@ def recompute_aggregates(
         for key in BALANCE_KEYS:
             if key in logs:
                 out[key] = balance[key]
+    for name, entry in per_stratum_metrics(logs, strata, ref_tr).items():  # stratum/<s>/<metric>, if any
+        if name in logs:
+            out[name] = entry["agg_value"]
     if "privleak" in logs:
         auc = out.get("mia_min_k")
         out["privleak"] = None if auc is None else privleak(auc, ref.mia_min_k_auc() if ref is not None else None)

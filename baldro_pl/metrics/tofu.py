@@ -10,8 +10,10 @@ Where the public evaluator runs separate data passes per metric, this suite plan
 
 Rows come as raw dicts (``question``, ``answer``, ``paraphrased_answer``, ``perturbed_answer`` [list]), keyed by split:
 ``forget`` (forgetXX_perturbed), ``retain`` (retain_perturbed), ``real_authors``, ``world_facts`` (their
-``*_perturbed`` configs) and ``holdout`` (holdoutXX). In a process group every process evaluates its shard of each
-split (:mod:`baldro_pl.metrics.distributed`) and the metric states are gathered and de-duplicated by row index.
+``*_perturbed`` configs) and ``holdout`` (holdoutXX). Forget rows with a ``stratum`` field (the synthetic set's
+memorisation strata) also get their forget metrics per stratum (``stratum/<s>/...``, :mod:`baldro_pl.metrics.strata`).
+In a process group every process evaluates its shard of each split (:mod:`baldro_pl.metrics.distributed`) and the
+metric states are gathered and de-duplicated by row index.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from baldro_pl.metrics.memorization import ExactMemorization, ExtractionStrength
 from baldro_pl.metrics.mia import MIAAUC
 from baldro_pl.metrics.probability import NormalisedProbability, Probability
 from baldro_pl.metrics.rouge import ROUGE
+from baldro_pl.metrics.strata import strata_of_rows, stratum_logs
 from baldro_pl.metrics.suite import (
     EncodingCache,
     EvaluationResult,
@@ -331,6 +334,9 @@ class TOFUEvaluator:
                 m.training = mode
         metrics = self._update_metrics(per_split, shards, model_device(model), gradnorm)
         logs = self._compute_logs(metrics, per_split, ref_tr, ref_auc, gradnorm)
+        # forget rows with a "stratum" field (memorisation strata): the forget metrics per stratum as well
+        strata = strata_of_rows(rows["forget"]) if "forget" in rows else {}
+        logs.update(stratum_logs(logs, strata, ref_tr, balance_percentiles=self.balance_percentiles))
         for note in notes:
             log.warning(note)
         return EvaluationResult.from_logs(logs, notes)
