@@ -31,6 +31,7 @@ EXTRA_COMMANDS = {
     "demo": ("baldro_pl.demo", "fine-tune a tiny model on a synthetic TOFU-style set and unlearn it (no download)"),
     "summarize": ("baldro_pl.metrics.summarize", "recompute every aggregate of a TOFU/MUSE evaluation log"),
     "export": ("baldro_pl.export", "write a Lightning checkpoint (full or sharded) as a Hugging Face directory"),
+    "study": ("baldro_pl.study", "run a sweep of unlearning fits and evaluations from a YAML spec; tables and plots"),
 }
 LIGHTNING_COMMANDS = {
     "fit": "train: unlearn (UnlearningModule) or fine-tune (FinetuneModule), with evaluation callbacks",

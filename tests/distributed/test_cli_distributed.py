@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tofu_logs import write_tofu_log
 
 from baldro_pl.cli import lightning_cli
 from baldro_pl.distributed import DEFAULT_PG_TIMEOUT_S
@@ -35,28 +36,14 @@ EVAL_METRICS = "[forget_Q_A_Prob, forget_truth_ratio, forget_quality]"
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory) -> Path:
     """The layout configs/demo.yaml expects under outputs/demo: data, a target model, the retain model's log."""
-    from transformers import AutoModelForCausalLM
-
-    from baldro_pl.datamodules import TOFUDataModule
     from baldro_pl.demo import prepare_demo
-    from baldro_pl.metrics import evaluate_tofu, write_json_atomic
 
     root = tmp_path_factory.mktemp("cli_distributed")
     out = root / "outputs" / "demo"
     paths = prepare_demo(out)
     shutil.copytree(paths["base"], out / "models" / "target")  # the untrained base stands in for the target
-    dm = TOFUDataModule(data_dir=str(paths["data"]), forget_split="forget10", tokenizer=str(paths["base"]))
-    dm.setup("test")
-    model = AutoModelForCausalLM.from_pretrained(paths["base"]).eval()
-    result = evaluate_tofu(
-        model,
-        dm.tokenizer,
-        dm.evaluation_rows(),
-        prompt_format=dm.prompt_format,
-        forget_split="forget10",
-        metrics=["forget_truth_ratio", "forget_Q_A_Prob"],
-    )
-    write_json_atomic(out / "eval" / "retain" / "TOFU_EVAL.json", result.logs)
+    metrics = ["forget_truth_ratio", "forget_Q_A_Prob"]
+    write_tofu_log(paths["base"], paths["data"], out / "eval" / "retain" / "TOFU_EVAL.json", metrics)
     return root
 
 
