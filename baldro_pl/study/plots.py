@@ -29,6 +29,10 @@ FQ_FLOOR = 1e-30
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
 
+#: a legend beside the axes, not over the data (a grid of 20 methods fills any corner)
+_OUTSIDE: dict[str, Any] = {"fontsize": 8, "loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "borderaxespad": 0.0}
+
+
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
@@ -99,7 +103,7 @@ def plot_fq_mu(groups: Mapping[str, Sequence[Mapping[str, Any]]], reference: Map
             ax.scatter([mu], [fq], label=f"{role} model", zorder=5, **style)
     if drawn:
         ax.set_yscale("log")
-        ax.legend(fontsize=8, loc="best")
+        ax.legend(**_OUTSIDE)
     else:
         _empty(ax, "no forget quality / model utility values")
     ax.set_xlabel("model utility (higher is better)")
@@ -193,7 +197,7 @@ def plot_epochs(groups: Mapping[str, Sequence[Mapping[str, Any]]], reference: Ma
         ax_fq.set_yscale("log")
         for ax in (ax_mu, ax_fq):  # one legend, on the first panel (from the right) that has lines
             if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=8, loc="best")
+                ax.legend(**_OUTSIDE)
                 break
     else:
         _empty(ax_fq, "no per-epoch evaluations")
