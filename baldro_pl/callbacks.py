@@ -1,8 +1,9 @@
-"""Training callbacks that are not metrics: export of the trained model as a Hugging Face directory."""
+"""Training callbacks that are not metrics: export as a Hugging Face directory, a stop on a non-finite loss."""
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -52,12 +53,31 @@ class HFExport(Callback):
     """Write the trained model as a Hugging Face directory at the end of ``fit`` (works under DDP and FSDP).
 
     Args:
-        dirpath: output directory, replaced atomically if it exists (default: ``<log dir>/hf_model``, so every run
-            version keeps its own export).
+        dirpath: output directory (default: ``<log dir>/hf_model``, so every run version keeps its own export, and a
+            resumed run replaces its own). Written atomically (a temporary directory beside it, then renamed).
+        overwrite: replace an explicit ``dirpath`` that exists and is not empty. Without it the run fails before
+            training starts, naming the path (:class:`baldro_pl.export.OutputExistsError`).
     """
 
-    def __init__(self, dirpath: str | None = None) -> None:
+    def __init__(self, dirpath: str | None = None, overwrite: bool = False) -> None:
         self.dirpath = dirpath
+        self.overwrite = overwrite
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Refuse a non-empty ``dirpath`` before any training (rank 0 looks; every rank fails together)."""
+        if stage != "fit" or self.dirpath is None or self.overwrite:
+            return
+        from baldro_pl.export import OutputExistsError, check_output_dir
+
+        message = None
+        if trainer.is_global_zero:
+            try:
+                check_output_dir(self.dirpath, overwrite=False)
+            except OutputExistsError as err:
+                message = str(err)
+        message = trainer.strategy.broadcast(message, src=0)
+        if message is not None:
+            raise OutputExistsError(f"{message} (HFExport: set overwrite: true to replace it)")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Export once training is over."""
@@ -109,3 +129,54 @@ class HParamsTable(Callback):
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """For ``baldro-pl test``."""
         self._write(trainer, pl_module)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; raised by :class:`StopOnNonFinite`."""
+
+
+class StopOnNonFinite(Callback):
+    """Stop training at the first NaN or infinite training loss, before its backward pass and optimiser step.
+
+    The weights are never updated with that loss, and no checkpoint is written for the failed step: the
+    ``save_on_exception`` checkpoint of :class:`~lightning.pytorch.callbacks.ModelCheckpoint` is skipped, so
+    ``last.ckpt`` stays the last periodic checkpoint, written while the loss was finite. The flag is reduced across
+    processes, so every DDP/FSDP rank stops at the same step. Raises :class:`NonFiniteLossError`, whose message names
+    the step (``trainer.global_step``: optimiser steps done) and the last finite loss. ``baldro-pl fit`` adds it to
+    every run.
+    """
+
+    def __init__(self) -> None:
+        self._last_finite: tuple[int, torch.Tensor] | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Forget the previous run's last loss."""
+        self._last_finite = None
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        """Check the loss about to be back-propagated (every micro-batch, on every rank)."""
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if trainer.strategy.reduce_boolean_decision(finite, all=True):
+            # automatic optimisation hands the loss divided by the accumulation steps to backward
+            scale = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
+            self._last_finite = (trainer.global_step, loss.detach() * scale)
+            return
+        value = loss.detach().float()
+        value = float(value) if value.numel() == 1 else float("nan")
+        where = f"step {trainer.global_step} (epoch {trainer.current_epoch})"
+        if self._last_finite is None:
+            last = "no finite loss before it in this run"
+        else:
+            step, previous = self._last_finite
+            last = f"last finite loss {float(previous.float().mean()):.6g} at step {step}"
+        own = f"{value}" if not math.isfinite(value) else "non-finite on another process"
+        # keep ModelCheckpoint(save_on_exception=True) from writing the failed step as last.ckpt
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        for callback in trainer.callbacks:
+            if isinstance(callback, ModelCheckpoint):
+                callback.save_on_exception = False
+        raise NonFiniteLossError(
+            f"training loss is {own} at {where}; {last}. Stopped before the update: the checkpoints on disk "
+            "keep finite weights (lower the learning rate, or resume from last.ckpt with another setting)"
+        )

@@ -11,12 +11,18 @@ Models and datamodules are chosen by ``class_path`` (``baldro_pl.modules.Unlearn
 The datamodule's tokenizer defaults to the model's (``model.init_args.tokenizer``, else the model source). Every run
 writes TensorBoard logs under ``runs/`` with its resolved ``config.yaml`` and the library versions
 (``versions.json``) next to them.
+
+``fit --ckpt_path last`` resumes the latest run of the same logger ``save_dir``/``name``: the newest ``version_<n>``
+with a checkpoint (its ``checkpoints/last.ckpt``, else its newest checkpoint), logging on into that version's folder.
+With none, it says so in one line and starts from scratch. Every ``fit`` stops at the first NaN/infinite training loss
+(:class:`~baldro_pl.callbacks.StopOnNonFinite`) and the command exits 1 with a one-line message.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,7 +30,7 @@ from typing import Any
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from baldro_pl.callbacks import HParamsTable
+from baldro_pl.callbacks import HParamsTable, NonFiniteLossError, StopOnNonFinite
 from baldro_pl.distributed import DEFAULT_PG_TIMEOUT_S, apply_process_group_timeout, rank_zero_log_dir
 
 EXTRA_COMMANDS = {
@@ -91,9 +97,16 @@ class BaldroCLI(LightningCLI):
         if not any(isinstance(c, HParamsTable) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(HParamsTable())
 
+    def before_instantiate_classes(self) -> None:
+        """``fit --ckpt_path last``: the latest checkpoint of the same run, and that run's log folder."""
+        if self.subcommand == "fit":
+            _resolve_last_checkpoint(self.config["fit"])
+
     def before_fit(self) -> None:
-        """Fill TensorBoard's HParams table with the hyperparameters and the evaluation headline metrics."""
+        """Fill TensorBoard's HParams table; stop on a non-finite loss."""
         self._add_hparams_table()
+        if not any(isinstance(c, StopOnNonFinite) for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(StopOnNonFinite())
 
     def before_validate(self) -> None:
         """As :meth:`before_fit`."""
@@ -124,6 +137,58 @@ class BaldroCLI(LightningCLI):
             compute_fn=_tokenizer_source,
         )
         parser.link_arguments("model.init_args.pad_token", "data.init_args.pad_token")
+
+
+def _version_number(path: Path) -> int:
+    match = re.fullmatch(r"version_(\d+)", path.name)
+    return int(match.group(1)) if match else -1
+
+
+def _checkpoint_in(version_dir: Path) -> Path | None:
+    """``checkpoints/last.ckpt`` of a run version, else its newest checkpoint (file or sharded directory)."""
+    folder = version_dir / "checkpoints"
+    if (folder / "last.ckpt").exists():
+        return folder / "last.ckpt"
+    found = [p for p in folder.glob("*.ckpt") if p.exists()] if folder.is_dir() else []
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def _resolve_last_checkpoint(config: Any) -> None:
+    """Turn ``ckpt_path: last`` into the latest checkpoint of the logger's run and log into that version again.
+
+    Only for a TensorBoard/CSV logger given by ``save_dir``/``name`` and checkpoints in the version folder (no
+    ``ModelCheckpoint`` ``dirpath``); otherwise Lightning's own ``last`` applies (it looks in the fixed ``dirpath``).
+    """
+    if config.get("ckpt_path") != "last":
+        return
+    trainer = config.get("trainer")
+    logger = trainer.get("logger") if trainer is not None else None
+    if isinstance(logger, list):
+        logger = logger[0] if logger else None
+    init_args = getattr(logger, "init_args", None)
+    layout = str(getattr(logger, "class_path", "")).endswith(("TensorBoardLogger", "CSVLogger"))
+    if not layout or init_args is None or init_args.get("save_dir") is None:
+        return
+    for callback in trainer.get("callbacks") or []:
+        init = getattr(callback, "init_args", None) or {}
+        if str(getattr(callback, "class_path", "")).endswith("ModelCheckpoint") and init.get("dirpath"):
+            return
+    name = init_args.get("name") or ""
+    root = Path(init_args.get("save_dir")) / name
+    version = init_args.get("version")
+    if version is not None:
+        candidates = [root / (version if isinstance(version, str) else f"version_{version}")]
+    else:
+        candidates = sorted((p for p in root.glob("version_*") if p.is_dir()), key=_version_number, reverse=True)
+    for candidate in candidates:
+        checkpoint = _checkpoint_in(candidate)
+        if checkpoint is not None:
+            config["ckpt_path"] = str(checkpoint)
+            init_args["version"] = version if version is not None else _version_number(candidate)
+            print(f"--ckpt_path last: resuming run {name!r} from {checkpoint}", file=sys.stderr)
+            return
+    print(f"--ckpt_path last: no checkpoint of run {name!r} under {root}; starting from scratch", file=sys.stderr)
+    config["ckpt_path"] = None
 
 
 def _tokenizer_source(model: Any, tokenizer: str | None) -> Any:
@@ -172,7 +237,13 @@ def main(argv: list[str] | None = None) -> int:
 
         module = importlib.import_module(EXTRA_COMMANDS[argv[0]][0])
         return int(module.main(argv[1:]) or 0)
-    lightning_cli(None if from_command_line else argv)
+    from baldro_pl.export import OutputExistsError
+
+    try:
+        lightning_cli(None if from_command_line else argv)
+    except (NonFiniteLossError, OutputExistsError) as err:
+        print(f"baldro-pl {argv[0]}: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,26 @@ import torch
 from transformers import AutoConfig
 
 from baldro_pl.hf import load_tokenizer, resolve_source, write_hf_directory
+
+
+class OutputExistsError(FileExistsError):
+    """The output path exists and is not an empty directory (pass ``--overwrite`` to replace it)."""
+
+
+def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Refuse to replace ``path`` if it is a file or a non-empty directory, unless ``overwrite``.
+
+    Raises:
+        OutputExistsError: naming the path.
+    """
+    path = Path(path)
+    if overwrite or not (path.exists() or path.is_symlink()):
+        return
+    if path.is_dir() and not path.is_symlink():
+        if next(path.iterdir(), None) is None:
+            return
+        raise OutputExistsError(f"output directory {path} exists and is not empty; refusing to replace it")
+    raise OutputExistsError(f"output path {path} exists and is not a directory; refusing to replace it")
 
 
 def load_lightning_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -55,17 +76,21 @@ def export_checkpoint(
     gguf_file: str | None = None,
     pad_token: str | None = None,
     dtype: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write the weights of a checkpoint as a Hugging Face directory (safetensors, config, tokenizer), atomically.
 
     Args:
         checkpoint_path: ``.ckpt`` file or sharded checkpoint directory.
-        output_dir: the directory to create (replaced if it exists).
+        output_dir: the directory to create; written beside it, then renamed into place.
+        overwrite: replace ``output_dir`` if it is a file or a non-empty directory (else: :class:`OutputExistsError`,
+            before the checkpoint is read).
         model: the model source the run started from (default: the checkpoint's ``model`` hyperparameter).
         tokenizer: tokenizer source (default: the checkpoint's ``tokenizer`` hyperparameter, else the model source).
         gguf_file / pad_token: as for the modules (default: from the checkpoint's hyperparameters).
         dtype: save in this dtype (``float32``/``bfloat16``; default: as stored in the checkpoint).
     """
+    check_output_dir(output_dir, overwrite=overwrite)
     checkpoint = load_lightning_checkpoint(checkpoint_path)
     weights = hf_weights(checkpoint)
     hparams = checkpoint.get("hyper_parameters", {}) or {}
@@ -98,15 +123,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gguf-file", help="GGUF file inside the model source")
     parser.add_argument("--pad-token", help="pad token to set if the tokenizer has none")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="dtype to save in")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists and is not empty")
     args = parser.parse_args(argv)
-    path = export_checkpoint(
-        args.checkpoint,
-        args.output,
-        model=args.model,
-        tokenizer=args.tokenizer,
-        gguf_file=args.gguf_file,
-        pad_token=args.pad_token,
-        dtype=args.dtype,
-    )
+    try:
+        path = export_checkpoint(
+            args.checkpoint,
+            args.output,
+            model=args.model,
+            tokenizer=args.tokenizer,
+            gguf_file=args.gguf_file,
+            pad_token=args.pad_token,
+            dtype=args.dtype,
+            overwrite=args.overwrite,
+        )
+    except OutputExistsError as err:
+        print(f"baldro-pl export: {err} (pass --overwrite to replace it)", file=sys.stderr)
+        return 1
     print(f"exported {args.checkpoint} -> {path}")
     return 0

@@ -147,6 +147,14 @@ def load_tokenizer(
     return tokenizer
 
 
+def _remove(path: Path) -> None:
+    """Delete a file, link or directory tree, if there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def write_hf_directory(
     config: PretrainedConfig,
     state_dict: dict[str, torch.Tensor],
@@ -183,11 +191,11 @@ def write_hf_directory(
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         old = target.with_name(f".{target.name}.old")
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
+        if target.exists() or target.is_symlink():
+            _remove(old)
             os.replace(target, old)
         os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

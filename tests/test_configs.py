@@ -591,3 +591,74 @@ def test_demo_preset_resumes_and_exports_through_the_cli(in_tmp: Path) -> None:
     trained = AutoModelForCausalLM.from_pretrained(in_tmp / "outputs/demo/models/unlearned_npo_dv").state_dict()
     for name, value in trained.items():
         assert torch.equal(exported[name], value), name
+
+
+def _logged_steps(event_file: Path) -> set[int]:
+    """The steps at which a TensorBoard events file holds ``train/*`` scalars."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(event_file))
+    events.Reload()
+    return {e.step for tag in events.Tags()["scalars"] if tag.startswith("train/") for e in events.Scalars(tag)}
+
+
+def test_ckpt_path_last_resumes_the_latest_run_in_its_own_folder(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 10, problem 1: README's ``--ckpt_path last`` continues the run of the same logger name and version."""
+    from baldro_pl.demo import prepare_demo
+
+    paths = prepare_demo(in_tmp / "outputs" / "demo")
+    capsys.readouterr()
+    # nothing to resume yet: one line says so, and the run starts from scratch
+    assert main(_demo_fit_args(in_tmp, paths["base"], "--trainer.max_steps", "3", "--ckpt_path", "last")) == 0
+    runs = in_tmp / "outputs/demo/runs/unlearn_npo_dv"
+    assert f"no checkpoint of run 'unlearn_npo_dv' under {Path('outputs/demo/runs/unlearn_npo_dv')}" in (
+        capsys.readouterr().err
+    )
+    version = runs / "version_0"
+    (first_events,) = version.glob("events.out.tfevents.*")
+    assert _logged_steps(first_events) == {0, 1, 2}
+    (runs / "version_1").mkdir()  # a later run that failed before its first checkpoint: skipped
+    assert main(_demo_fit_args(in_tmp, paths["base"], "--trainer.max_steps", "6", "--ckpt_path", "last")) == 0
+    assert f"resuming run 'unlearn_npo_dv' from {Path('outputs/demo/runs/unlearn_npo_dv/version_0')}" in (
+        capsys.readouterr().err
+    )
+    assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_1"]  # logged on into version_0
+    resumed = torch.load(version / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert resumed["global_step"] == 6
+    (second_events,) = set(version.glob("events.out.tfevents.*")) - {first_events}
+    steps = _logged_steps(second_events)  # 3 more steps after step 3, not 6 from 0 (Lightning logs them as 4..6)
+    assert len(steps) == 3 and min(steps) >= 3, steps
+
+
+def test_divergent_fit_stops_with_a_message_and_keeps_finite_checkpoints(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 10, problem 2: at learning rate 1e3 the loss turns NaN; the run stops there, names the step and the last
+    finite loss in one line (no traceback), exits 1, and writes no checkpoint of the failed step."""
+    import re
+
+    from baldro_pl.demo import prepare_demo
+
+    paths = prepare_demo(in_tmp / "outputs" / "demo")
+    capsys.readouterr()
+    args = _demo_fit_args(in_tmp, paths["base"], "--trainer.max_steps", "9", "--model.init_args.learning_rate", "1e3")
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("baldro-pl fit:")]
+    found = re.search(
+        r"training loss is (nan|inf|-inf) at step (\d+) \(epoch \d+\); last finite loss \S+ at step", line
+    )
+    assert found, line
+    step = int(found.group(2))
+    checkpoints = in_tmp / "outputs/demo/runs/unlearn_npo_dv/version_0/checkpoints"
+    saved = sorted(checkpoints.glob("*.ckpt")) if checkpoints.exists() else []
+    if step < 3:  # diverged before the first checkpoint (end of epoch 0, step 3): none, not one of NaN weights
+        assert saved == [], saved
+    else:  # the last epoch-end checkpoint, finite; none of the failed step
+        last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+        assert last["global_step"] == 3 * (step // 3)
+        assert all(torch.isfinite(t).all() for t in last["state_dict"].values())
+    assert not (in_tmp / "outputs/demo/models/unlearned_npo_dv").exists()  # no export of a failed run

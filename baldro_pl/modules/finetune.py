@@ -22,8 +22,8 @@ class FinetuneModule(CausalLMModule):
 
     Args:
         model: hub name, local directory, ``pkg:<package>`` or a built ``PreTrainedModel``.
-        output_dir: where to write the fine-tuned model as a Hugging Face directory at the end of ``fit``
-            (None: do not export; the checkpoint still holds the weights).
+        output_dir: where to write the fine-tuned model as a Hugging Face directory at the end of ``fit``, replacing
+            an earlier one atomically (None: do not export; the checkpoint still holds the weights).
         **kwargs: loading and optimiser settings of :class:`~baldro_pl.modules.base.CausalLMModule`.
     """
 
@@ -40,7 +40,7 @@ class FinetuneModule(CausalLMModule):
             return []
         from baldro_pl.callbacks import HFExport
 
-        return [HFExport(self.output_dir)]
+        return [HFExport(self.output_dir, overwrite=True)]  # the module's own output: a rerun replaces it
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """Token-mean NLL of the answers (the Hugging Face ``loss`` with the prompt masked)."""

@@ -9,7 +9,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from toy_task import ToyUnlearningData
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from baldro_pl.export import export_checkpoint, main
+from baldro_pl.callbacks import HFExport
+from baldro_pl.export import OutputExistsError, export_checkpoint, main
 from baldro_pl.modules import FinetuneModule, UnlearningModule
 from baldro_pl.objectives import NPO, BalDROG
 from baldro_pl.toy import tiny_llama
@@ -56,8 +57,8 @@ def test_export_command_from_checkpoint_reproduces_the_module(model_dir, people_
     torch.testing.assert_close(
         _logits(reloaded, people_tokenizer), _logits(module.model.eval(), people_tokenizer), rtol=0, atol=0
     )
-    # exporting again replaces the directory atomically; bf16 on request
-    path = export_checkpoint(ckpt.last_model_path, out, dtype="bfloat16")
+    # exporting again replaces the directory atomically when asked to; bf16 on request
+    path = export_checkpoint(ckpt.last_model_path, out, dtype="bfloat16", overwrite=True)
     assert AutoModelForCausalLM.from_pretrained(path).dtype == torch.bfloat16
 
 
@@ -72,3 +73,83 @@ def test_export_refuses_what_it_cannot_export(tmp_path, people_tokenizer, tiny_m
     torch.save({"state_dict": {"model.w": torch.zeros(1)}, "hyper_parameters": {}}, built)
     with pytest.raises(ValueError, match="pass --model"):
         export_checkpoint(built, tmp_path / "out")
+
+
+@pytest.fixture
+def unlearned_checkpoint(model_dir, people_tokenizer, tmp_path) -> str:
+    module = UnlearningModule(str(model_dir), NPO(), BalDROG(), learning_rate=1e-3, warmup_epochs=0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, callbacks=[ckpt], enable_progress_bar=False)
+    trainer.fit(module, datamodule=ToyUnlearningData(people_tokenizer))
+    return ckpt.last_model_path
+
+
+def test_export_command_refuses_a_non_empty_destination_unless_overwrite(unlearned_checkpoint, tmp_path, capsys):
+    """Issue 10, problem 3: a directory with files, or a file, is refused (one line naming it) and left as it was."""
+    out = tmp_path / "unrelated"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert main([unlearned_checkpoint, "--output", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out) in err and "--overwrite" in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"
+    a_file = tmp_path / "model.txt"
+    a_file.write_text("a file")
+    assert main([unlearned_checkpoint, "--output", str(a_file)]) == 1
+    assert str(a_file) in capsys.readouterr().err and a_file.read_text() == "a file"
+    with pytest.raises(OutputExistsError, match="not empty"):
+        export_checkpoint(unlearned_checkpoint, out)
+    # refused before any work: even a checkpoint that does not exist is not looked at
+    with pytest.raises(OutputExistsError, match=str(out)):
+        export_checkpoint(tmp_path / "missing.ckpt", out)
+    # --overwrite replaces them, with nothing left beside them
+    assert main([unlearned_checkpoint, "--output", str(out), "--overwrite"]) == 0
+    assert (out / "config.json").is_file() and not (out / "notes.txt").exists()
+    assert main([unlearned_checkpoint, "--output", str(a_file), "--overwrite"]) == 0
+    assert (a_file / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary or .old left
+    # an empty directory, or none, is written
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([unlearned_checkpoint, "--output", str(empty)]) == 0
+    assert AutoModelForCausalLM.from_pretrained(empty) is not None
+    assert main([unlearned_checkpoint, "--output", str(tmp_path / "new" / "dir")]) == 0
+    assert (tmp_path / "new" / "dir" / "config.json").is_file()
+
+
+def test_hf_export_callback_refuses_a_non_empty_dirpath_before_training(model_dir, people_tokenizer, tmp_path):
+    out = tmp_path / "unrelated"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+
+    def fit(callback: HFExport) -> UnlearningModule:
+        module = UnlearningModule(str(model_dir), NPO(), BalDROG(), learning_rate=1e-3, warmup_epochs=0)
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            max_steps=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            callbacks=[callback],
+        )
+        try:
+            trainer.fit(module, datamodule=ToyUnlearningData(people_tokenizer))
+        finally:
+            fit.steps = trainer.global_step
+        return module
+
+    with pytest.raises(OutputExistsError, match=f"{out}.*overwrite: true"):
+        fit(HFExport(str(out)))
+    assert fit.steps == 0  # refused before training
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    module = fit(HFExport(str(out), overwrite=True))
+    assert fit.steps == 1
+    assert (out / "model.safetensors").is_file() and not (out / "notes.txt").exists()
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    torch.testing.assert_close(
+        _logits(reloaded, people_tokenizer), _logits(module.model.eval(), people_tokenizer), rtol=0, atol=0
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fit(HFExport(str(empty)))
+    assert (empty / "config.json").is_file()
