@@ -231,7 +231,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = DEMO_SEED, method
     for name in methods:
         columns = {"target": summaries["target"], "unlearned": summaries[name], "retain": summaries["retain"]}
         print(_table(f"{METHODS[name][0]}: forget10 of the synthetic set", columns) + "\n")
-    print("(retain: the reference itself, so its forget quality is 1 by construction)")
+    print("(retain: the reference itself: forget quality and the balance are measured against it, so not shown for it)")
     print(f"TensorBoard: tensorboard --logdir {out / 'runs'}")
     print(f"done in {time.perf_counter() - start:.0f} s; everything is under {out}")
     return summaries
