@@ -42,6 +42,7 @@ from baldro_pl.datamodules.synthetic import (
     write_synthetic_tofu,
 )
 from baldro_pl.demo import DEMO_VOCAB
+from baldro_pl.files import write_text_atomic
 from baldro_pl.toy import tiny_llama, train_tokenizer
 
 MANIFEST = "heterogeneity.json"
@@ -104,17 +105,6 @@ def training_rows(splits: Mapping[str, Sequence[Mapping[str, Any]]], model: str)
 
 def _jsonl(rows: Sequence[Mapping[str, Any]]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _build_base(splits: Mapping[str, list[dict]], base: Path, *, vocab_size: int, model: Mapping[str, int], seed: int):
@@ -223,8 +213,8 @@ def prepare_heterogeneity(
     out.mkdir(parents=True, exist_ok=True)
     # the data folder of another set is replaced only when asked to; an interrupted run's (same set) is kept as it is
     write_synthetic_tofu(paths["data"], seed, strata=strata, overwrite=found is not None, **sizes)
-    _write_text_atomic(paths["train_target"], _jsonl(training_rows(splits, "target")))
-    _write_text_atomic(paths["train_retain"], _jsonl(training_rows(splits, "retain")))
+    write_text_atomic(paths["train_target"], _jsonl(training_rows(splits, "target")))
+    write_text_atomic(paths["train_retain"], _jsonl(training_rows(splits, "retain")))
     absolute = {k: p.resolve() for k, p in paths.items()}  # the configs work from any directory
     for which in ("target", "retain"):
         logger = {
@@ -232,9 +222,9 @@ def prepare_heterogeneity(
             "init_args": {"save_dir": str(out.resolve() / "runs"), "name": f"finetune_{which}"},
         }
         config = finetune_config(absolute, which, out.resolve() / "models" / which, seed=seed, logger=logger)
-        _write_text_atomic(paths[f"finetune_{which}"], _FINETUNE_HEADER.format(which=which) + yaml.safe_dump(config))
+        write_text_atomic(paths[f"finetune_{which}"], _FINETUNE_HEADER.format(which=which) + yaml.safe_dump(config))
     _build_base(splits, paths["base"], vocab_size=vocab_size, model=model, seed=seed)
-    _write_text_atomic(manifest_path, json.dumps(manifest, indent=1) + "\n")
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=1) + "\n")
     return paths
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from baldro_pl.files import write_text_atomic
 
 
 class ReferenceLogError(ValueError):
@@ -59,20 +60,8 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int = 4) -> 
 
     Non-finite floats are written as ``null``; metric names are sorted, as open-unlearning's ``save_logs`` does.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = _json_safe(dict(sorted(obj.items())) if isinstance(obj, Mapping) else obj)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=indent, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, json.dumps(data, indent=indent, allow_nan=False))
 
 
 def summarize_logs(logs: Mapping[str, Any]) -> dict[str, float]:

@@ -42,7 +42,7 @@ def stratum_key(stratum: str, metric: str) -> str:
     return f"stratum/{stratum}/{metric}"
 
 
-def _natural(label: str) -> list:
+def natural_key(label: str) -> list:
     """Sort key putting ``x2`` before ``x16``."""
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", label) if part]
 
@@ -110,7 +110,7 @@ def per_stratum_metrics(
     prob = _per_row(logs, "forget_Q_A_Prob", "prob")
     with_balance = any(key in logs for key in BALANCE_KEYS)
     out: dict[str, dict[str, Any]] = {}
-    for stratum in sorted(set(strata.values()), key=_natural):
+    for stratum in sorted(set(strata.values()), key=natural_key):
         rows = sorted(i for i, s in strata.items() if s == stratum)
         values: dict[str, float | None] = {}
         tr = None

@@ -33,6 +33,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from baldro_pl.files import write_text_atomic
+from baldro_pl.metrics.strata import natural_key
+
 METRICS: tuple[str, ...] = (
     "forget_quality",
     "model_utility",
@@ -89,14 +92,10 @@ def direction(column: str) -> str:
     return DIRECTIONS.get(match.group("metric") if match else column, "max")
 
 
-def _natural(text: str) -> list:
-    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", text) if p]
-
-
 def stratum_columns(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
     """Every ``stratum/<s>/<metric>`` key of the summaries, strata in natural order (x2 before x16)."""
     keys = {k for s in summaries for k in s if _STRATUM.match(k)}
-    return sorted(keys, key=lambda k: (_natural(_STRATUM.match(k)["stratum"]), _STRATUM.match(k)["metric"]))
+    return sorted(keys, key=lambda k: (natural_key(_STRATUM.match(k)["stratum"]), _STRATUM.match(k)["metric"]))
 
 
 def flat_rows(results: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -132,7 +131,7 @@ def _reference_rows(reference: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 def write_results(plan: Any, results: Mapping[str, Mapping[str, Any]], reference: Mapping[str, Any]) -> dict[str, Path]:
     """``results.csv`` and ``results.json`` from the finished cells (grid order); called after every cell."""
-    from baldro_pl.study.runner import write_json, write_text_atomic
+    from baldro_pl.study.runner import write_json
 
     ordered = [results[c.hash] for c in plan.cells if c.hash in results]
     rows, columns = flat_rows(ordered)
@@ -323,7 +322,6 @@ def report_markdown(plan: Any, results: Sequence[Mapping[str, Any]], reference: 
 def write_outputs(plan: Any, results: Mapping[str, Mapping[str, Any]], reference: Mapping[str, Any]) -> dict[str, Path]:
     """Every output of the study: results.csv/json, report.md and the three plots."""
     from baldro_pl.study.plots import plot_epochs, plot_fq_mu, plot_truth_ratios
-    from baldro_pl.study.runner import write_text_atomic
 
     files = write_results(plan, results, reference)
     ordered = [results[c.hash] for c in plan.cells if c.hash in results]

@@ -21,7 +21,6 @@ import argparse
 import importlib
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from baldro_pl.files import write_text_atomic
 from baldro_pl.study.configs import (
     CELL_DIR,
     base_name,
@@ -119,15 +119,6 @@ class Plan:
 
 
 # --------------------------------------------------------------------------------------------------- small helpers
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
 def write_json(path: Path, obj: Any) -> Path:
     """JSON (non-finite floats as null) written atomically."""
     return write_text_atomic(path, json.dumps(_finite(obj), indent=2) + "\n")
