@@ -16,22 +16,27 @@ writes TensorBoard logs under ``runs/`` with its resolved ``config.yaml`` and th
 with a checkpoint (its ``checkpoints/last.ckpt``, else its newest checkpoint), logging on into that version's folder.
 With none, it says so in one line and starts from scratch. Every ``fit`` stops at the first NaN/infinite training loss
 (:class:`~baldro_pl.callbacks.StopOnNonFinite`) and the command exits 1 with a one-line message.
+
+Errors and exit codes: a bad setting, a checkpoint that cannot be used, an unwritable log directory, or bad input
+found before any training or evaluation work prints one line (``baldro-pl fit: error: <setting>: ...``) and exits 2;
+``--debug`` (or ``BALDRO_DEBUG=1``) shows the full traceback instead. A run stopped by SIGTERM exits 143 after
+Lightning's graceful stop (the checkpoint callbacks save on it); a NaN/infinite loss or an existing export
+destination exits 1.
+
+This module imports Lightning only when a Lightning command runs (:mod:`baldro_pl.cli_lightning`), so that
+``baldro-pl``, ``baldro-pl --help`` and the other commands start without it.
 """
 
 from __future__ import annotations
 
-import json
+import importlib
+import os
 import platform
-import re
 import sys
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-
-from baldro_pl.callbacks import HParamsTable, NonFiniteLossError, StopOnNonFinite
-from baldro_pl.distributed import DEFAULT_PG_TIMEOUT_S, apply_process_group_timeout, rank_zero_log_dir
+if TYPE_CHECKING:  # pragma: no cover
+    from baldro_pl.cli_lightning import BaldroCLI
 
 EXTRA_COMMANDS = {
     "demo": ("baldro_pl.demo", "fine-tune a tiny model on a synthetic TOFU-style set and unlearn it (no download)"),
@@ -56,6 +61,25 @@ VERSIONED_PACKAGES = [
     "rouge-score",
     "jsonargparse",
 ]
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "BALDRO_DEBUG"
+#: Exit status of a run stopped by SIGTERM (128 + 15, as a shell reports a process killed by it).
+SIGTERM_EXIT = 143
+#: Names served lazily from :mod:`baldro_pl.cli_lightning` (importing them imports Lightning).
+_LIGHTNING_NAMES = ("BaldroCLI", "SaveConfigAndVersions", "BaldroArgumentParser")
+
+
+class InputError(ValueError):
+    """Something the run was given (a setting, a file, a directory) that it cannot start with.
+
+    The message is one line that names the setting or the file, the value and what is allowed; ``baldro-pl`` prints
+    it without a traceback and exits 2.
+    """
+
+
+def debug_enabled() -> bool:
+    """Whether ``--debug`` was given or ``BALDRO_DEBUG`` is set (to anything but ``0``/``false``/empty)."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def library_versions() -> dict[str, Any]:
@@ -75,145 +99,20 @@ def library_versions() -> dict[str, Any]:
     return versions
 
 
-class SaveConfigAndVersions(SaveConfigCallback):
-    """Lightning's ``config.yaml`` of the run plus ``versions.json`` (library versions), in the log directory."""
-
-    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        # Lightning calls save_config on rank 0 only: no collective here (trainer.log_dir is one; issue 8)
-        log_dir = rank_zero_log_dir(trainer)
-        if log_dir is None or not trainer.is_global_zero:
-            return
-        path = Path(log_dir) / "versions.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(library_versions(), indent=2) + "\n")
-        tmp.replace(path)
-
-
-class BaldroCLI(LightningCLI):
-    """LightningCLI with the datamodule's tokenizer linked to the model's and the HParams table filled."""
-
-    def _add_hparams_table(self) -> None:
-        if not any(isinstance(c, HParamsTable) for c in self.trainer.callbacks):
-            self.trainer.callbacks.append(HParamsTable())
-
-    def before_instantiate_classes(self) -> None:
-        """``fit --ckpt_path last``: the latest checkpoint of the same run, and that run's log folder."""
-        if self.subcommand == "fit":
-            _resolve_last_checkpoint(self.config["fit"])
-
-    def before_fit(self) -> None:
-        """Fill TensorBoard's HParams table; stop on a non-finite loss."""
-        self._add_hparams_table()
-        if not any(isinstance(c, StopOnNonFinite) for c in self.trainer.callbacks):
-            self.trainer.callbacks.append(StopOnNonFinite())
-
-    def before_validate(self) -> None:
-        """As :meth:`before_fit`."""
-        self._add_hparams_table()
-
-    def before_test(self) -> None:
-        """As :meth:`before_fit`."""
-        self._add_hparams_table()
-
-    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Lightning's trainer, with the process-group timeout of ``--pg_timeout`` on its DDP/FSDP strategy."""
-        trainer = super().instantiate_trainer(**kwargs)
-        config = self.config.get(self.subcommand) if self.subcommand else self.config
-        apply_process_group_timeout(trainer, config.get("pg_timeout"))
-        return trainer
-
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument(
-            "--pg_timeout",
-            type=float | None,
-            default=DEFAULT_PG_TIMEOUT_S,
-            help="seconds a process waits in a collective (DDP/FSDP) before the run fails instead of hanging; "
-            "null: the strategy's own (Lightning: 1800); an explicit strategy init_args.timeout wins",
-        )
-        parser.link_arguments(
-            ("model.init_args.model", "model.init_args.tokenizer"),
-            "data.init_args.tokenizer",
-            compute_fn=_tokenizer_source,
-        )
-        parser.link_arguments("model.init_args.pad_token", "data.init_args.pad_token")
-
-
-def _version_number(path: Path) -> int:
-    match = re.fullmatch(r"version_(\d+)", path.name)
-    return int(match.group(1)) if match else -1
-
-
-def _checkpoint_in(version_dir: Path) -> Path | None:
-    """``checkpoints/last.ckpt`` of a run version, else its newest checkpoint (file or sharded directory)."""
-    folder = version_dir / "checkpoints"
-    if (folder / "last.ckpt").exists():
-        return folder / "last.ckpt"
-    found = [p for p in folder.glob("*.ckpt") if p.exists()] if folder.is_dir() else []
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
-
-
-def _resolve_last_checkpoint(config: Any) -> None:
-    """Turn ``ckpt_path: last`` into the latest checkpoint of the logger's run and log into that version again.
-
-    Only for a TensorBoard/CSV logger given by ``save_dir``/``name`` and checkpoints in the version folder (no
-    ``ModelCheckpoint`` ``dirpath``); otherwise Lightning's own ``last`` applies (it looks in the fixed ``dirpath``).
-    """
-    if config.get("ckpt_path") != "last":
-        return
-    trainer = config.get("trainer")
-    logger = trainer.get("logger") if trainer is not None else None
-    if isinstance(logger, list):
-        logger = logger[0] if logger else None
-    init_args = getattr(logger, "init_args", None)
-    layout = str(getattr(logger, "class_path", "")).endswith(("TensorBoardLogger", "CSVLogger"))
-    if not layout or init_args is None or init_args.get("save_dir") is None:
-        return
-    for callback in trainer.get("callbacks") or []:
-        init = getattr(callback, "init_args", None) or {}
-        if str(getattr(callback, "class_path", "")).endswith("ModelCheckpoint") and init.get("dirpath"):
-            return
-    name = init_args.get("name") or ""
-    root = Path(init_args.get("save_dir")) / name
-    version = init_args.get("version")
-    if version is not None:
-        candidates = [root / (version if isinstance(version, str) else f"version_{version}")]
-    else:
-        candidates = sorted((p for p in root.glob("version_*") if p.is_dir()), key=_version_number, reverse=True)
-    for candidate in candidates:
-        checkpoint = _checkpoint_in(candidate)
-        if checkpoint is not None:
-            config["ckpt_path"] = str(checkpoint)
-            init_args["version"] = version if version is not None else _version_number(candidate)
-            print(f"--ckpt_path last: resuming run {name!r} from {checkpoint}", file=sys.stderr)
-            return
-    print(f"--ckpt_path last: no checkpoint of run {name!r} under {root}; starting from scratch", file=sys.stderr)
-    config["ckpt_path"] = None
-
-
-def _tokenizer_source(model: Any, tokenizer: str | None) -> Any:
-    return tokenizer if tokenizer else model
-
-
 def lightning_cli(args: list[str] | None = None, run: bool = True) -> BaldroCLI:
-    """Build (and by default run) the LightningCLI part of ``baldro-pl``."""
-    return BaldroCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=SaveConfigAndVersions,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": "runs", "name": "baldro", "default_hp_metric": False},
-            },
-        },
-        parser_kwargs={"default_env": True},
-        args=args,
-        run=run,
-    )
+    """Build (and by default run) the LightningCLI part of ``baldro-pl`` (imports Lightning)."""
+    from baldro_pl.cli_lightning import build_cli
+
+    return build_cli(args, run=run)
+
+
+def __getattr__(name: str) -> Any:
+    """``BaldroCLI`` and ``SaveConfigAndVersions``, imported with Lightning on first use."""
+    if name in _LIGHTNING_NAMES:
+        from baldro_pl import cli_lightning
+
+        return getattr(cli_lightning, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _print_help() -> None:
@@ -223,28 +122,51 @@ def _print_help() -> None:
         print(f"  {name:10s} {text}")
     for name, (_, text) in EXTRA_COMMANDS.items():
         print(f"  {name:10s} {text}")
+    print(f"\n{DEBUG_FLAG} (anywhere on the line, or {DEBUG_ENV}=1): show full tracebacks instead of one-line errors")
+
+
+def _pop_debug(argv: list[str]) -> tuple[bool, list[str]]:
+    rest = [a for a in argv if a != DEBUG_FLAG]
+    return len(rest) != len(argv), rest
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``baldro-pl`` console script."""
+    """Entry point of the ``baldro-pl`` console script; returns the exit status.
+
+    Exit statuses: 0 done; 1 stopped on a NaN/infinite loss or an existing export destination; 2 a bad setting or
+    input, refused before any work (one line on stderr; a command-line parse error exits through ``SystemExit(2)``
+    as argparse does); 143 stopped by SIGTERM.
+    """
     from_command_line = argv is None
-    argv = list(sys.argv[1:] if argv is None else argv)
+    debug, argv = _pop_debug(list(sys.argv[1:] if argv is None else argv))
+    if debug and from_command_line:
+        os.environ[DEBUG_ENV] = "1"  # also for the processes a DDP launcher starts from sys.argv
+        sys.argv = [sys.argv[0], *argv]
+    elif debug:  # called from Python: for this call only
+        saved = os.environ.get(DEBUG_ENV)
+        os.environ[DEBUG_ENV] = "1"
+        try:
+            return _dispatch(argv, from_command_line=False)
+        finally:
+            if saved is None:
+                os.environ.pop(DEBUG_ENV, None)
+            else:
+                os.environ[DEBUG_ENV] = saved
+    return _dispatch(argv, from_command_line=from_command_line)
+
+
+def _dispatch(argv: list[str], *, from_command_line: bool = False) -> int:
+    """:func:`main` once ``--debug`` is taken out of ``argv`` (``from_command_line``: LightningCLI reads sys.argv)."""
     if not argv or argv[0] in ("-h", "--help"):
         _print_help()
         return 0
     if argv[0] in EXTRA_COMMANDS:
-        import importlib
-
         module = importlib.import_module(EXTRA_COMMANDS[argv[0]][0])
         return int(module.main(argv[1:]) or 0)
-    from baldro_pl.export import OutputExistsError
+    from baldro_pl.cli_lightning import run_command
 
-    try:
-        lightning_cli(None if from_command_line else argv)
-    except (NonFiniteLossError, OutputExistsError) as err:
-        print(f"baldro-pl {argv[0]}: {err}", file=sys.stderr)
-        return 1
-    return 0
+    # from the console, LightningCLI reads sys.argv itself (a DDP launcher re-runs that same command line)
+    return run_command(None if from_command_line else argv, command=argv[0])
 
 
 if __name__ == "__main__":

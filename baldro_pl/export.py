@@ -5,6 +5,11 @@
 The architecture and tokenizer come from the model source the run started from (read from the checkpoint's
 hyperparameters unless ``--model`` is given); the weights come from the checkpoint. The frozen reference model, if
 the run had one, is not part of the checkpoint and not exported.
+
+Before anything is written, the checkpoint is checked (:mod:`baldro_pl.checkpoints`): a missing, truncated or
+non-checkpoint file, a directory that is not a sharded checkpoint, or weights that do not fit the model's config are
+refused in one line naming the file (exit 2). torch and transformers are imported only when a checkpoint is
+exported, so that ``baldro-pl export --help`` is immediate.
 """
 
 from __future__ import annotations
@@ -13,12 +18,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from transformers import AutoConfig
+from baldro_pl.checkpoints import CheckpointError, check_checkpoint_file, check_weights_match, expected_weight_shapes
 
-from baldro_pl.hf import load_tokenizer, resolve_source, write_hf_directory
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 class OutputExistsError(FileExistsError):
@@ -42,28 +47,34 @@ def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Non
 
 
 def load_lightning_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a Lightning checkpoint: a ``.ckpt`` file, or a sharded (FSDP distributed-checkpoint) directory."""
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"checkpoint: {path} does not exist")
-    if path.is_dir():
-        from lightning.fabric.utilities.load import _load_distributed_checkpoint
+    """Load a Lightning checkpoint: a ``.ckpt`` file, or a sharded (FSDP distributed-checkpoint) directory.
 
-        checkpoint = _load_distributed_checkpoint(path)
-        if "model" in checkpoint and "state_dict" not in checkpoint:
-            checkpoint["state_dict"] = checkpoint.pop("model")
+    Raises:
+        CheckpointError: the path is missing, truncated, not a checkpoint, or a directory without ``.metadata``.
+    """
+    path = Path(path)
+    checkpoint = check_checkpoint_file(path)
+    if checkpoint is not None:
         return checkpoint
-    return torch.load(path, map_location="cpu", weights_only=True)
+    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+
+    try:
+        checkpoint = _load_distributed_checkpoint(path)
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {path}: the sharded checkpoint cannot be read ({err})") from err
+    if "model" in checkpoint and "state_dict" not in checkpoint:
+        checkpoint["state_dict"] = checkpoint.pop("model")
+    return checkpoint
 
 
 def hf_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The Hugging Face model's weights in a Lightning checkpoint (``model.`` prefix removed)."""
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict):
-        raise ValueError("checkpoint: no 'state_dict' (is this a Lightning checkpoint?)")
+        raise CheckpointError("checkpoint: no 'state_dict' (is this a Lightning checkpoint?)")
     weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     if not weights:
-        raise ValueError("checkpoint: its state_dict has no 'model.*' weights (not a baldro-pl module checkpoint)")
+        raise CheckpointError("checkpoint: its state_dict has no 'model.*' weights (not a baldro-pl module checkpoint)")
     return weights
 
 
@@ -90,9 +101,17 @@ def export_checkpoint(
         gguf_file / pad_token: as for the modules (default: from the checkpoint's hyperparameters).
         dtype: save in this dtype (``float32``/``bfloat16``; default: as stored in the checkpoint).
     """
+    import torch
+    from transformers import AutoConfig
+
+    from baldro_pl.hf import load_tokenizer, resolve_source, write_hf_directory
+
     check_output_dir(output_dir, overwrite=overwrite)
     checkpoint = load_lightning_checkpoint(checkpoint_path)
-    weights = hf_weights(checkpoint)
+    try:
+        weights = hf_weights(checkpoint)
+    except CheckpointError as err:
+        raise CheckpointError(f"{str(err).replace('checkpoint:', f'checkpoint {checkpoint_path}:', 1)}") from err
     hparams = checkpoint.get("hyper_parameters", {}) or {}
     source = model or hparams.get("model")
     if not isinstance(source, str):
@@ -101,6 +120,9 @@ def export_checkpoint(
         )
     gguf_file = gguf_file or hparams.get("gguf_file")
     resolved = resolve_source(source, "model")
+    expected = expected_weight_shapes(resolved, gguf_file=gguf_file)
+    if expected is not None:
+        check_weights_match(checkpoint_path, weights, expected, model=source)
     config = AutoConfig.from_pretrained(resolved, **({"gguf_file": gguf_file} if gguf_file else {}))
     tok = load_tokenizer(
         tokenizer or hparams.get("tokenizer") or source,
@@ -139,5 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     except OutputExistsError as err:
         print(f"baldro-pl export: {err} (pass --overwrite to replace it)", file=sys.stderr)
         return 1
+    except ValueError as err:  # CheckpointError, a model source that does not resolve, ...: one line, exit 2
+        from baldro_pl.cli import debug_enabled
+
+        if debug_enabled():
+            raise
+        print(f"baldro-pl export: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
     print(f"exported {args.checkpoint} -> {path}")
     return 0

@@ -42,7 +42,7 @@ from baldro_pl.datamodules.synthetic import (
     write_synthetic_tofu,
 )
 from baldro_pl.demo import DEMO_VOCAB
-from baldro_pl.files import write_text_atomic
+from baldro_pl.files import share_like_new_files, write_text_atomic
 from baldro_pl.toy import tiny_llama, train_tokenizer
 
 MANIFEST = "heterogeneity.json"
@@ -126,6 +126,7 @@ def _build_base(splits: Mapping[str, list[dict]], base: Path, *, vocab_size: int
     try:
         llama.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        share_like_new_files(tmp)
         if base.exists():  # left by an interrupted run (no manifest yet): replace it
             shutil.rmtree(base)
         try:

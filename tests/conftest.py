@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
+# One CPU thread for the suite and for every process a test starts, unless the caller chose a count: the tiny models
+# gain nothing from a second thread, and torch's OpenMP threads spin at each barrier, so beside one busy process a
+# 2-core machine ran them up to 40 times slower (baldro_pl/threads.py, docs/benchmarks.md). Set before torch is
+# imported, so that its OpenMP runtime and the subprocesses (CLI, DDP workers) read it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from baldro_pl.threads import user_thread_count  # noqa: E402
+
+torch.set_num_threads(user_thread_count() or 1)  # also when a plugin imported torch before this file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -193,12 +193,18 @@ class UnlearningDataModule(pl.LightningDataModule):
             self._check_sources()
             forget = self._build_forget()
             if len(forget) == 0:
-                raise DataError(f"{getattr(forget, 'source', 'forget set')}: the forget set is empty")
+                raise DataError(
+                    f"{getattr(forget, 'source', 'forget set')}: the forget set is empty (0 rows); "
+                    "expected at least one row"
+                )
             self.forget_dataset = forget
         if not self._retain_built:
             retain = self._build_retain()
             if retain is not None and len(retain) == 0:
-                raise DataError(f"{getattr(retain, 'source', 'retain set')}: the retain set is empty")
+                raise DataError(
+                    f"{getattr(retain, 'source', 'retain set')}: the retain set is empty (0 rows); "
+                    "expected at least one row"
+                )
             self.retain_dataset = retain
             self._retain_built = True
 

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from baldro_pl.datamodules.formatting import IGNORE_INDEX, EncodedSample, PromptFormat, encode_completion, encode_qa
-from baldro_pl.datamodules.records import DataError, check_fields
+from baldro_pl.datamodules.records import DataError, check_fields, row_label
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +74,20 @@ def encode_qa_rows(
     trailing space absorbs the answer's first token (metrics-spec P3). Evaluation sets only: a training sample with
     nothing of its answer to learn or unlearn is an error.
 
+    A sample whose answer is cut by ``max_length`` but keeps at least one answer token is kept (the published runs
+    truncate the same way) and counted in one logged warning that names the rows and the ``max_length`` that would
+    keep every answer whole.
+
     Raises:
         DataError: a row lacks a field or has an empty answer, or a sample keeps no answer token (the prompt alone
             fills ``max_length``, or a token merge across the prompt/answer boundary, metrics-spec P3); the message
-            names the source, the 0-based row and ``max_length``.
+            names the source, the row (file line for JSON Lines and CSV) and ``max_length``.
     """
     check_fields(rows, source, strings=(question_key, answer_key), non_empty=(answer_key,))
     eos = tokenizer.eos_token_id
-    samples, n_cut, eos_only = [], 0, []
+    samples, cut, eos_only = [], [], []
+    longest: list[int] = []  # the longest untruncated sample among the cut ones
+    longest_row = -1
     for i, row in enumerate(rows):
         sample = encode_qa(tokenizer, row[question_key], row[answer_key], fmt, max_length=max_length, index=i)
         n_prompt = _n_masked(sample.labels)
@@ -95,19 +101,37 @@ def encode_qa_rows(
                 else "the answer's first tokens merge into the prompt's last token (metrics-spec P3)"
             )
             raise DataError(
-                f"{source}: row {i} (0-based): no answer token is left to score with max_length={max_length}: "
+                f"{source}: {row_label(rows, i)}: no answer token is left to score with max_length={max_length}: "
                 f"{reason}. Raise max_length or shorten the question."
             )
-        if len(sample.input_ids) > max_length:  # the answer was cut and EOS appended after the cut
-            n_cut += 1
+        if len(sample.input_ids) >= max_length:  # maybe cut: compare with the untruncated encoding
+            whole = encode_qa(tokenizer, row[question_key], row[answer_key], fmt, max_length=1 << 30, index=i)
+            if len(whole.input_ids) > len(sample.input_ids):
+                cut.append(i)
+                if len(whole.input_ids) > len(longest):
+                    longest, longest_row = whole.input_ids, i
         samples.append(sample)
-    if n_cut:
-        log.warning("%s: %d of %d answers were truncated at max_length=%d", source, n_cut, len(rows), max_length)
+    if cut:
+        # the smallest max_length keeping the longest answer whole: the EOS appended after the text is not counted
+        row = rows[longest_row]
+        n = len(longest)
+        shorter = encode_qa(tokenizer, row[question_key], row[answer_key], fmt, max_length=n - 1)
+        needed = n - 1 if shorter.input_ids == longest else n
+        named = ", ".join(row_label(rows, i) for i in cut[:5]) + (", ..." if len(cut) > 5 else "")
+        log.warning(
+            "%s: %d of %d answers are cut at max_length=%d (%s); set max_length >= %d to train on whole answers",
+            source,
+            len(cut),
+            len(rows),
+            max_length,
+            named,
+            needed,
+        )
     if eos_only:
         log.warning(
-            "%s: rows %s have every answer token merged into the prompt; only EOS is scored (as open-unlearning)",
+            "%s: %s have every answer token merged into the prompt; only EOS is scored (as open-unlearning)",
             source,
-            eos_only[:10],
+            ", ".join(row_label(rows, i) for i in eos_only[:10]),
         )
     return EncodedDataset(samples, source)
 
@@ -140,7 +164,7 @@ def encode_completion_rows(
         )
         if sample.n_targets == 0:
             raise DataError(
-                f"{source}: row {i} (0-based): no token of field {text_key!r} is left to score with "
+                f"{source}: {row_label(rows, i)}: no token of field {text_key!r} is left to score with "
                 f"max_length={max_length}"
             )
         samples.append(sample)
@@ -172,7 +196,8 @@ def chunk_corpus(
         raise DataError(f"{source}: max_length must be at least 1, got {max_length}")
     ids = list(tokenizer("\n\n".join(texts), add_special_tokens=False, verbose=False)["input_ids"])
     if not ids:
-        raise DataError(f"{source}: the corpus is empty ({len(texts)} documents, no token)")
+        documents = f"{len(texts)} document" + ("" if len(texts) == 1 else "s")
+        raise DataError(f"{source}: the corpus is empty ({documents}, no token)")
     prefix = list(tokenizer("", add_special_tokens=True)["input_ids"])
     n_masked = max(len(prefix), 1)
     samples = []

@@ -88,9 +88,17 @@ class MUSEDataModule(UnlearningDataModule):
         if root.is_dir():
             if any((root / sub).is_dir() for sub in ("raw", "knowmem", "verbmem", "privleak")):
                 return root
-            raise DataError(f"{root}: no MUSE corpus folder {self.corpus!r} (expected {root / self.corpus})")
+            present = sorted(name for name in HUB_NAMES if (root / name).is_dir())
+            hint = f"; corpus folders present: {', '.join(present)}" if present else ""
+            if not present and (root / "muse").is_dir():
+                hint = f"; did you mean data_dir: {root / 'muse'}?"
+            raise DataError(f"{root}: no MUSE corpus folder {self.corpus!r} (expected {root / self.corpus}){hint}")
         if looks_like_local_path(self.data_dir) or root.exists():
-            raise DataError(f"MUSE data_dir {self.data_dir!r} is not a directory")
+            what = "it is a file" if root.is_file() else "it does not exist"
+            raise DataError(
+                f"MUSE data_dir {self.data_dir!r} is not a directory ({what}); "
+                "expected a folder holding news/ or books/"
+            )
         return None
 
     def locate(self, *candidates: str) -> Path | None:
@@ -102,13 +110,23 @@ class MUSEDataModule(UnlearningDataModule):
         base = self.corpus_dir()
         if base is None:
             return None
+        tried = []
         for location in candidates:
             path = Path(location).expanduser()
             path = path if path.is_absolute() else base / path
             if path.is_file():
                 return path
-        tried = ", ".join(str(base / c) for c in candidates)
-        raise DataError(f"MUSE file not found: tried {tried}")
+            if path.is_dir():
+                raise DataError(f"{path}: is a directory; expected a MUSE {path.suffix or 'record'} file")
+            tried.append(path)
+        folder = tried[0].parent
+        if folder.is_dir():
+            files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix in (".json", ".jsonl"))
+            present = f"; files in {folder}: {', '.join(files) if files else 'none'}"
+        else:
+            subfolders = sorted(p.name for p in base.iterdir() if p.is_dir())
+            present = f"; {folder} does not exist (folders in {base}: {', '.join(subfolders) or 'none'})"
+        raise DataError(f"MUSE file not found: tried {', '.join(map(str, tried))}{present}")
 
     def load_file(self, *candidates: str) -> tuple[list[dict], str]:
         """Rows of the first existing candidate location (``<config>/<split>.json``) and a label naming it."""

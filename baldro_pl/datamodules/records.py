@@ -24,23 +24,65 @@ class DataError(ValueError):
     """A data file or data set that cannot be used as it is (missing field, bad encoding, empty set...)."""
 
 
+class Rows(list):
+    """A list of row dicts that remembers the 1-based file line of each row, when the file has lines.
+
+    JSON Lines and CSV readers fill :attr:`lines` so that messages name the line an editor shows; rows from a JSON
+    array, a parquet file or a ``datasets`` folder have no line (``lines`` is None) and are named by their 0-based
+    index. Behaves as a plain list everywhere else.
+    """
+
+    def __init__(self, values: Iterable[dict] = (), lines: Sequence[int] | None = None) -> None:
+        super().__init__(values)
+        self.lines: list[int] | None = list(lines) if lines is not None else None
+
+
+def row_label(rows: Sequence[Any], i: int) -> str:
+    """How messages name row ``i``: ``"line 7"`` (1-based file line) when known, else ``"row 6 (0-based)"``."""
+    lines = getattr(rows, "lines", None)
+    if lines is not None and 0 <= i < len(lines):
+        return f"line {lines[i]}"
+    return f"row {i} (0-based)"
+
+
+def describe_value(value: Any) -> str:
+    """A JSON-vocabulary description of a value for messages: ``null``, ``a number (3)``, ``a list``..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r})"
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)} item" + ("" if len(value) == 1 else "s")
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, str):
+        return f"a string ({value!r:.40})"
+    return f"a {type(value).__name__}"
+
+
 def _line_of(data: bytes, offset: int) -> int:
     """1-based line number of a byte offset."""
     return data.count(b"\n", 0, offset) + 1
 
 
 def _decode_utf8(data: bytes, path: Path) -> str:
+    """The file's text; a leading UTF-8 byte-order mark (Windows editors write one) is dropped."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
         raise DataError(
-            f"{path}: not valid UTF-8 at line {_line_of(data, err.start)} (byte {err.start}): {err.reason}; "
+            f"{path}: not valid UTF-8 at line {_line_of(data, err.start)}, byte {column} of the line: {err.reason}; "
             "re-save the file as UTF-8"
         ) from None
 
 
-def _wrap_rows(values: Iterable[Any], path: Path | str, string_field: str, where: str = "row") -> list[dict]:
-    rows = []
+def _wrap_rows(values: Sequence[Any], path: Path | str, string_field: str, lines: Sequence[int] | None = None) -> Rows:
+    rows = Rows(lines=lines)
     for i, value in enumerate(values):
         if isinstance(value, dict):
             rows.append(value)
@@ -48,23 +90,26 @@ def _wrap_rows(values: Iterable[Any], path: Path | str, string_field: str, where
             rows.append({string_field: value})
         else:
             raise DataError(
-                f"{path}: {where} {i} (0-based) is a {type(value).__name__}; expected a JSON object "
+                f"{path}: {row_label(rows, i)} is {describe_value(value)}; expected a JSON object "
                 f"(or a plain string, read as field {string_field!r})"
             )
     return rows
 
 
-def read_jsonl(path: str | Path, *, string_field: str = "text") -> list[dict]:
-    """Rows of a JSON Lines file (one JSON object, or string, per non-blank line)."""
+def read_jsonl(path: str | Path, *, string_field: str = "text") -> Rows:
+    """Rows of a JSON Lines file (one JSON object, or string, per non-blank line); ``lines`` holds their lines."""
     path = Path(path)
     data = path.read_bytes()
-    values = []
+    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark, as Windows editors write
+        data = data[3:]
+    values, lines = [], []
     for lineno, raw in enumerate(data.split(b"\n"), start=1):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as err:
             raise DataError(
-                f"{path}: line {lineno} is not valid UTF-8 (byte {err.start} of the line): {err.reason}"
+                f"{path}: line {lineno} is not valid UTF-8 (byte {err.start + 1} of the line): {err.reason}; "
+                "re-save the file as UTF-8"
             ) from None
         if not line.strip():
             continue
@@ -72,10 +117,11 @@ def read_jsonl(path: str | Path, *, string_field: str = "text") -> list[dict]:
             values.append(json.loads(line))
         except json.JSONDecodeError as err:
             raise DataError(f"{path}: line {lineno} is not valid JSON: {err.msg} (column {err.colno})") from None
-    return _wrap_rows(values, path, string_field)
+        lines.append(lineno)
+    return _wrap_rows(values, path, string_field, lines)
 
 
-def read_json(path: str | Path, *, string_field: str = "text") -> list[dict]:
+def read_json(path: str | Path, *, string_field: str = "text") -> Rows:
     """Rows of a JSON file holding an array of objects (or strings).
 
     A file made of several top-level arrays one after the other (as ``datasets.Dataset.to_json(lines=False)``
@@ -110,13 +156,14 @@ def read_json(path: str | Path, *, string_field: str = "text") -> list[dict]:
     return _wrap_rows(values, path, string_field)
 
 
-def read_csv(path: str | Path) -> list[dict]:
-    """Rows of a CSV file with a header line (every value is read as a string)."""
+def read_csv(path: str | Path) -> Rows:
+    """Rows of a CSV file with a header line (every value is read as a string); ``lines`` holds where each starts."""
     path = Path(path)
     text = _decode_utf8(path.read_bytes(), path)
+    rows = Rows(lines=[])
     try:
         reader = csv.DictReader(text.splitlines(), strict=True)
-        rows = []
+        end = 1  # the header's last line; a row starts on the line after the previous one ended
         for i, row in enumerate(reader):
             if None in row:
                 raise DataError(
@@ -124,6 +171,8 @@ def read_csv(path: str | Path) -> list[dict]:
                     f"{len(reader.fieldnames or [])} columns"
                 )
             rows.append(dict(row))
+            rows.lines.append(end + 1)
+            end = reader.line_num
     except csv.Error as err:
         raise DataError(f"{path}: not valid CSV: {err}") from None
     return rows
@@ -142,7 +191,7 @@ def read_parquet(path: str | Path) -> list[dict]:
     return table.to_pylist()
 
 
-def read_records(path: str | Path, *, string_field: str = "text") -> list[dict]:
+def read_records(path: str | Path, *, string_field: str = "text") -> Rows:
     """Rows of a local record file, chosen by extension: ``.jsonl``, ``.json``, ``.csv`` or ``.parquet``.
 
     Args:
@@ -150,12 +199,17 @@ def read_records(path: str | Path, *, string_field: str = "text") -> list[dict]:
         string_field: field name given to rows that are bare strings (JSON/JSONL only).
 
     Raises:
-        DataError: unknown extension, missing file, invalid UTF-8/JSON/CSV/parquet (naming file and line).
+        DataError: unknown extension, missing or empty (0-byte) file, a directory, invalid UTF-8/JSON/CSV/parquet
+            (naming file and line).
     """
     path = Path(path)
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; expected a {suffix or 'record'} file")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    suffix = path.suffix.lower()
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty (0 bytes); expected rows")
     if suffix == ".jsonl":
         return read_jsonl(path, string_field=string_field)
     if suffix == ".json":
@@ -186,13 +240,24 @@ def _offline_hint() -> str:
 
 def read_saved_dataset(directory: str | Path, split: str | None = "train", *, string_field: str = "text") -> list[dict]:
     """Rows of a folder written by ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{directory}: no such directory")
+    markers = ("dataset_info.json", "state.json", "dataset_dict.json")
+    if not any((directory / m).is_file() for m in markers):
+        present = sorted(p.name for p in directory.iterdir())[:8]
+        raise DataError(
+            f"{directory}: is a directory but not a `datasets` folder written by save_to_disk (no "
+            f"{', '.join(markers)}; present: {present or 'nothing'}); expected a record file "
+            f"({', '.join(RECORD_SUFFIXES)}) or such a folder"
+        )
     import datasets
 
-    directory = Path(directory)
     try:
         loaded = datasets.load_from_disk(str(directory))
     except (FileNotFoundError, ValueError, OSError) as err:
-        raise DataError(f"{directory}: not a `datasets` folder written by save_to_disk: {err}") from None
+        message = " ".join(str(err).split())
+        raise DataError(f"{directory}: not a readable `datasets` folder written by save_to_disk: {message}") from None
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
             raise DataError(f"{directory}: no split {split!r}; splits present: {sorted(loaded)}")
@@ -234,7 +299,7 @@ def load_rows(
     """
     source_str = str(source)
     path = Path(source_str).expanduser()
-    if path.is_file():
+    if path.is_file() or (path.is_dir() and path.suffix.lower() in RECORD_SUFFIXES):
         return read_records(path, string_field=string_field), str(path)
     if path.is_dir():
         return read_saved_dataset(path, split, string_field=string_field), f"{path} [{split}]"
@@ -266,29 +331,33 @@ def check_fields(
         non_empty: fields (among the above) that must not be empty.
 
     Raises:
-        DataError: naming the source, the 0-based row, the field and the fields present.
+        DataError: naming the source, the row (its file line for JSON Lines and CSV, else its 0-based index), the
+            field and what was found.
     """
     strings, string_lists, non_empty = tuple(strings), tuple(string_lists), frozenset(non_empty)
     for i, row in enumerate(rows):
         for field in strings + string_lists:
             if field not in row:
                 raise DataError(
-                    f"{source}: row {i} (0-based) has no field {field!r}; fields present: {_fields_present(row)}"
+                    f"{source}: {row_label(rows, i)} has no field {field!r}; fields present: {_fields_present(row)}"
                 )
         for field in strings:
             value = row[field]
             if not isinstance(value, str):
                 raise DataError(
-                    f"{source}: row {i} (0-based), field {field!r} is a {type(value).__name__}; expected a string"
+                    f"{source}: {row_label(rows, i)}, field {field!r} is {describe_value(value)}; expected a string"
                 )
             if field in non_empty and not value.strip():
-                raise DataError(f"{source}: row {i} (0-based), field {field!r} is empty; expected a non-empty string")
+                raise DataError(
+                    f"{source}: {row_label(rows, i)}, field {field!r} is empty; expected a non-empty string"
+                )
         for field in string_lists:
             value = row[field]
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                bad = value if not isinstance(value, list) else next(v for v in value if not isinstance(v, str))
+                what = describe_value(value) if bad is value else f"a list holding {describe_value(bad)}"
                 raise DataError(
-                    f"{source}: row {i} (0-based), field {field!r} is {type(value).__name__} {value!r:.80}; "
-                    "expected a list of strings"
+                    f"{source}: {row_label(rows, i)}, field {field!r} is {what}; expected a list of strings"
                 )
             if field in non_empty and not value:
-                raise DataError(f"{source}: row {i} (0-based), field {field!r} is an empty list")
+                raise DataError(f"{source}: {row_label(rows, i)}, field {field!r} is an empty list")

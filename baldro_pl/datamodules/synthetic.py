@@ -37,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from baldro_pl.datamodules.formatting import PromptFormat
+from baldro_pl.files import share_like_new_files
 
 FIRST_NAMES = (
     "Ada",
@@ -551,6 +552,7 @@ def write_synthetic_tofu(
             text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
             (tmp / f"{name}.jsonl").write_text(text, encoding="utf-8")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        share_like_new_files(tmp)
         old = None
         if target.exists():  # overwrite (or an empty directory): move the old content aside first
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))

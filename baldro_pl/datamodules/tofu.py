@@ -31,6 +31,44 @@ FORGET_SPLITS = {
 RETAIN_SPLITS = ("retain99", "retain95", "retain90")
 HOLDOUT_SPLITS = ("holdout01", "holdout05", "holdout10")
 EVALUATION_KEYS = ("forget", "retain", "real_authors", "world_facts", "holdout")
+_SAVED_MARKERS = ("dataset_info.json", "dataset_dict.json")
+
+
+def _splits_present(directory: Path) -> str:
+    """Names of the TOFU-style splits in a directory, for messages (``"forget01, forget05, ..."``)."""
+    names = sorted(
+        {p.stem for p in directory.iterdir() if p.is_file() and p.suffix in (".jsonl", ".json")}
+        | {p.name for p in directory.iterdir() if p.is_dir() and any((p / m).is_file() for m in _SAVED_MARKERS)}
+    )
+    if not names:
+        return "none"
+    return ", ".join(names[:30]) + (f", ... ({len(names)} in all)" if len(names) > 30 else "")
+
+
+def locate_tofu_split(directory: Path, split: str) -> Path:
+    """The file (or ``save_to_disk`` folder) holding ``split`` in a local TOFU directory.
+
+    Raises:
+        DataError: the split is not there (the message lists the splits present, and points at a ``tofu/``
+            subfolder when ``directory`` is its parent), or ``<split>.jsonl`` / ``<split>.json`` is a directory.
+    """
+    for candidate in (directory / f"{split}.jsonl", directory / f"{split}.json"):
+        if candidate.is_file():
+            return candidate
+        if candidate.is_dir():
+            raise DataError(
+                f"{candidate}: is a directory; expected the {candidate.suffix} file of TOFU split {split!r}"
+            )
+    folder = directory / split
+    if folder.is_dir():
+        return folder
+    hint = ""
+    if (directory / "tofu").is_dir():
+        hint = f"; did you mean data_dir: {directory / 'tofu'}?"
+    raise DataError(
+        f"{directory}: TOFU split {split!r} not found (expected {split}.jsonl, {split}.json or a {split}/ folder "
+        f"written by datasets' save_to_disk; splits present: {_splits_present(directory)}){hint}"
+    )
 
 
 def load_tofu_split(data_dir: str | Path, split: str) -> tuple[list[dict], str]:
@@ -46,18 +84,15 @@ def load_tofu_split(data_dir: str | Path, split: str) -> tuple[list[dict], str]:
     source = str(data_dir)
     path = Path(source).expanduser()
     if path.is_dir():
-        for candidate in (path / f"{split}.jsonl", path / f"{split}.json"):
-            if candidate.is_file():
-                return read_records(candidate), str(candidate)
-        folder = path / split
-        if folder.is_dir():
-            return read_saved_dataset(folder, "train"), str(folder)
-        raise DataError(
-            f"{path}: TOFU split {split!r} not found (expected {split}.jsonl, {split}.json or a {split}/ folder "
-            "written by datasets' save_to_disk)"
-        )
+        location = locate_tofu_split(path, split)
+        if location.is_dir():
+            return read_saved_dataset(location, "train"), str(location)
+        return read_records(location), str(location)
     if looks_like_local_path(source) or path.exists():
-        raise DataError(f"TOFU data_dir {source!r} is not a directory")
+        what = "it is a file" if path.is_file() else "it does not exist"
+        raise DataError(
+            f"TOFU data_dir {source!r} is not a directory ({what}); expected a directory holding <split>.jsonl files"
+        )
     return read_hub_dataset(source, split, "train"), f"{source}/{split}"
 
 
@@ -106,6 +141,7 @@ class TOFUDataModule(UnlearningDataModule):
         self.holdout_split = holdout_split or FORGET_SPLITS[forget_split][1]
         self.question_key = question_key
         self.answer_key = answer_key
+        self._evaluation_labels: dict[str, str] = {}
 
     def evaluation_splits(self) -> dict[str, str]:
         """Which TOFU split each evaluation key reads (metrics-spec §2.1)."""
@@ -127,8 +163,7 @@ class TOFUDataModule(UnlearningDataModule):
         path = Path(self.data_dir).expanduser()
         if path.is_dir():
             for split in (self.forget_split, self.retain_split):
-                if not any((path / f"{split}{ext}").exists() for ext in (".jsonl", ".json", "")):
-                    raise DataError(f"{path}: TOFU split {split!r} not found (expected {split}.jsonl)")
+                locate_tofu_split(path, split)
 
     def _encode_split(self, split: str) -> Dataset:
         rows, label = load_tofu_split(self.data_dir, split)
@@ -152,6 +187,7 @@ class TOFUDataModule(UnlearningDataModule):
         out = {}
         for key, split in self.evaluation_splits().items():
             rows, label = load_tofu_split(self.data_dir, split)
+            self._evaluation_labels[key] = label
             if not rows:
                 raise DataError(f"{label}: the evaluation split {split!r} is empty")
             if key in ("forget", "retain"):
@@ -179,7 +215,7 @@ class TOFUDataModule(UnlearningDataModule):
                 rows[key],
                 self.tokenizer,
                 self.prompt_format,
-                source=self.evaluation_splits()[key],
+                source=self._evaluation_labels.get(key, self.evaluation_splits()[key]),
                 question_key="question",
                 answer_key="answer",
                 max_length=self.max_length,

@@ -9,9 +9,20 @@ When they run:
 
 Every process evaluates its shard of the rows (collectives stay in lockstep, also under FSDP) and the states are
 gathered and de-duplicated by row index. Scalars are logged as ``eval/<metric>`` (plus ``hp/<metric>`` for the
-headline numbers, for TensorBoard's HParams table); the per-row log and the summary are written atomically on rank 0
-to ``<output_dir>/<tag>/{TOFU,MUSE}_EVAL.json`` and ``..._SUMMARY.json`` (tags ``start``, ``epoch_<n>``,
-``validate``, ``test``; ``output_dir`` defaults to ``trainer.log_dir``).
+headline numbers, for TensorBoard's HParams table); metrics without a finite value are not logged. The per-row log and
+the summary are written atomically on rank 0 to ``<output_dir>/<tag>/{TOFU,MUSE}_EVAL.json`` and ``..._SUMMARY.json``
+(tags ``start``, ``epoch_<n>``, ``validate``, ``test``; ``output_dir`` defaults to ``trainer.log_dir``).
+
+During training the epoch's scalars go through ``pl_module.log`` (so ``ModelCheckpoint`` / ``EarlyStopping`` can
+monitor ``eval/<metric>``). In ``validate`` / ``test`` they go to the loggers directly and into
+``trainer.callback_metrics``, not through ``pl_module.log``: Lightning would copy a value logged at epoch end into every
+dataloader's column of its console table (the TOFU/MUSE test loop has two) and into every dict ``trainer.test()``
+returns, so each number was printed twice. :class:`baldro_pl.run_output.RunSummary` prints the headline numbers once.
+
+Every evaluation is also kept in :attr:`_SuiteEvaluation.evaluations` (one :class:`EvaluationRecord` per evaluation of
+the current ``fit`` / ``validate`` / ``test``), which :class:`~baldro_pl.run_output.RunSummary` turns into the table
+printed at the end of the run. Why a value is missing (no retain log, FSDP) is said once per run, in plain words, not
+at every evaluation.
 
 Contract with the other parts of baldro-pl:
 
@@ -27,7 +38,9 @@ import contextlib
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +58,41 @@ from baldro_pl.metrics.tofu import TOFUEvaluator
 log = logging.getLogger(__name__)
 
 Rows = Mapping[str, Sequence[Any]]
+
+
+@dataclass(frozen=True)
+class EvaluationRecord:
+    """One evaluation of a run, as :class:`~baldro_pl.run_output.RunSummary` reports it.
+
+    Attributes:
+        tag: the evaluation's folder name (``start``, ``epoch_<n>``, ``validate``, ``test``, ...).
+        step: ``trainer.global_step`` (optimiser steps done) when it ran.
+        summary: ``{metric: value}`` of the metrics with a value (the ``*_SUMMARY.json`` content).
+        metrics: every metric the evaluation reported, with or without a value (the ``*_EVAL.json`` keys).
+        notes: why some values are missing or differ from the usual, in plain words.
+        no_value: reported metrics without a finite value that no note explains (NaN or inf in the model's scores).
+    """
+
+    tag: str
+    step: int
+    summary: dict[str, float]
+    metrics: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+    no_value: tuple[str, ...] = ()
+
+
+class _CaptureWarnings(logging.Filter):
+    """Holds back the warnings of one logger (the evaluator's) while an evaluation runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING:
+            self.records.append(record)
+            return False
+        return True
 
 
 def _is_fsdp(trainer: pl.Trainer) -> bool:
@@ -90,6 +138,13 @@ def hf_model(pl_module: pl.LightningModule) -> torch.nn.Module:
     return model.module if isinstance(model, FullyShardedDataParallel) else model
 
 
+def _require_at_least_one(**settings: int | None) -> None:
+    """Refuse a count below 1 when the callback is built, not at its first evaluation (possibly after training)."""
+    for name, value in settings.items():
+        if value is not None and not value >= 1:
+            raise ValueError(f"{name} must be >= 1, got {value!r}")
+
+
 class _SuiteEvaluation(Callback):
     """Common scheduling, data look-up, logging and writing of the suite callbacks."""
 
@@ -122,6 +177,8 @@ class _SuiteEvaluation(Callback):
         self._prompt_format = prompt_format
         self._evaluator: Any = None
         self.last_result: EvaluationResult | None = None
+        self.evaluations: list[EvaluationRecord] = []
+        self._said: set[str] = set()
 
     # ------------------------------------------------------------------ inputs
     def _datamodule_attr(self, trainer: pl.Trainer, name: str, required: bool = True) -> Any:
@@ -155,33 +212,104 @@ class _SuiteEvaluation(Callback):
 
     # ------------------------------------------------------------------ running
     def evaluate(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str, *, log_with_module: bool
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        tag: str,
+        *,
+        log_with_module: bool,
+        to_callback_metrics: bool = False,
     ) -> EvaluationResult:
-        """Run the suite now (on every rank), log the scalars and write the files; returns the result."""
+        """Run the suite now (on every rank), log the scalars and write the files; returns the result.
+
+        ``log_with_module``: log through ``pl_module.log`` (epoch end during ``fit``); otherwise through the loggers at
+        the current step. ``to_callback_metrics``: also put the scalars into ``trainer.callback_metrics``.
+        """
         evaluator = self._get_evaluator(trainer)
         rows = self._evaluation_rows(trainer)
         fsdp = _is_fsdp(trainer)
-        if fsdp and "mia_gradnorm" in evaluator.metrics:
-            log.warning("mia_gradnorm is skipped under FSDP (per-parameter gradient norms of sharded parameters)")
         model = hf_model(pl_module)
-        result = evaluator.evaluate(
-            model,
-            rows,
-            call_context=lambda: model_call_context(trainer, pl_module),
-            synced_gpus=fsdp and trainer.world_size > 1,
-            allow_gradnorm=not fsdp,
-        )
+        if trainer.is_global_zero:
+            log.info("%s evaluation (%s) at step %d: running", self.suite_name, tag, trainer.global_step)
+        started = time.monotonic()
+        # the evaluator warns at every call (no retain log, FSDP); hold those back and say each once, plainly
+        evaluator_log = logging.getLogger(type(evaluator).__module__)
+        held = _CaptureWarnings()
+        evaluator_log.addFilter(held)
+        try:
+            result = evaluator.evaluate(
+                model,
+                rows,
+                call_context=lambda: model_call_context(trainer, pl_module),
+                synced_gpus=fsdp and trainer.world_size > 1,
+                allow_gradnorm=not fsdp,
+            )
+        finally:
+            evaluator_log.removeFilter(held)
+        for record in held.records:
+            if record.getMessage() not in result.warnings:
+                evaluator_log.handle(record)
+        notes = tuple(self.plain_note(note) for note in result.warnings)
+        for note in notes:
+            if note not in self._said and trainer.is_global_zero:
+                log.warning("%s evaluation: %s", self.suite_name, note)
+            self._said.add(note)
         self.last_result = result
-        self._log(trainer, pl_module, result, log_with_module)
+        self.evaluations.append(
+            EvaluationRecord(
+                tag=tag,
+                step=trainer.global_step,
+                summary=dict(result.summary),
+                metrics=tuple(result.logs),
+                notes=notes,
+                no_value=tuple(self._unexplained_missing(result)),
+            )
+        )
+        self._log(trainer, pl_module, result, log_with_module, to_callback_metrics)
         # trainer.log_dir is a collective: every rank asks for it, before the rank-0-only write (issue 8)
         root = self.output_dir or (trainer.log_dir if self.write_logs else None) or trainer.default_root_dir
         if self.write_logs and trainer.is_global_zero:
             folder = Path(root) / tag
             write_json_atomic(folder / f"{self.suite_name}_EVAL.json", result.logs)
             write_json_atomic(folder / f"{self.suite_name}_SUMMARY.json", result.summary)
-            log.info("%s evaluation (%s) written to %s", self.suite_name, tag, folder)
+            log.info(
+                "%s evaluation (%s) done in %.0f s, written to %s",
+                self.suite_name,
+                tag,
+                time.monotonic() - started,
+                folder,
+            )
         trainer.strategy.barrier(f"{self.suite_name}_evaluation_{tag}")
         return result
+
+    def plain_note(self, note: str) -> str:
+        """The evaluator's note about a missing or changed value, said in plain words (unknown notes unchanged)."""
+        reference = "retain" if self.suite_name == "TOFU" else "retrain"
+        log_name = f"{self.suite_name}_EVAL.json"
+        if note.startswith("forget_quality and forget_balance_* are None"):
+            return (
+                "forget quality and the forgetting balance are not computed: both compare the model with the retain "
+                f"model, and retain_logs_path (the retain model's {log_name} on the same forget split) is not set"
+            )
+        if note.startswith("privleak uses the reference AUC 0.5"):
+            return (
+                f"privleak is measured against an AUC of 0.5, not against the {reference} model's: retain_logs_path "
+                f"(the {reference} model's {log_name}) is not set"
+            )
+        if note.startswith("mia_gradnorm is None"):
+            return "mia_gradnorm is not computed under FSDP (gradient norms of sharded parameters)"
+        return note
+
+    def _unexplained_missing(self, result: EvaluationResult) -> list[str]:
+        """Reported metrics without a value that none of the evaluator's notes accounts for."""
+        explained: set[str] = set()
+        for note in result.warnings:
+            if note.startswith("forget_quality and forget_balance_*"):
+                explained.add("forget_quality")
+                explained.update(m for m in result.logs if m.startswith("forget_balance_"))
+            elif note.startswith("mia_gradnorm"):
+                explained.add("mia_gradnorm")
+        return [m for m in result.logs if m not in result.summary and m not in explained]
 
     def _scalars(self, result: EvaluationResult) -> dict[str, float]:
         scalars: dict[str, float] = {}
@@ -197,15 +325,28 @@ class _SuiteEvaluation(Callback):
         return scalars
 
     def _log(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, result: EvaluationResult, with_module: bool
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        result: EvaluationResult,
+        with_module: bool,
+        to_callback_metrics: bool = False,
     ) -> None:
         scalars = self._scalars(result)
         if with_module:
             for name, value in scalars.items():
                 pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=False)
-        elif trainer.is_global_zero:
+            return
+        if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(scalars, step=trainer.global_step)
+        if to_callback_metrics:
+            trainer.callback_metrics.update({name: torch.tensor(value) for name, value in scalars.items()})
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """A new run: forget the previous run's evaluations and notes."""
+        self.evaluations = []
+        self._said = set()
 
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -221,11 +362,11 @@ class _SuiteEvaluation(Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.on_validate and trainer.state.fn == "validate" and not trainer.sanity_checking:
-            self.evaluate(trainer, pl_module, "validate", log_with_module=True)
+            self.evaluate(trainer, pl_module, "validate", log_with_module=False, to_callback_metrics=True)
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.on_test:
-            self.evaluate(trainer, pl_module, "test", log_with_module=True)
+            self.evaluate(trainer, pl_module, "test", log_with_module=False, to_callback_metrics=True)
 
 
 class TOFUEvaluation(_SuiteEvaluation):
@@ -269,6 +410,7 @@ class TOFUEvaluation(_SuiteEvaluation):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        _require_at_least_one(batch_size=batch_size, max_new_tokens=max_new_tokens)
         self.metrics = metrics
         self.exclude = exclude
         self.retain_logs_path = retain_logs_path
@@ -325,6 +467,12 @@ class MUSEEvaluation(_SuiteEvaluation):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        _require_at_least_one(
+            max_new_tokens=max_new_tokens,
+            verbmem_batch_size=verbmem_batch_size,
+            knowmem_batch_size=knowmem_batch_size,
+            mia_batch_size=mia_batch_size,
+        )
         self.metrics = metrics
         self.exclude = exclude
         self.retain_logs_path = retain_logs_path

@@ -30,11 +30,15 @@ def load_eval_log(path: str | os.PathLike) -> dict[str, Any]:
         ReferenceLogError: if the file is absent, is not JSON, or is not a JSON object.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ReferenceLogError(f"evaluation log {path} is a directory; expected a *_EVAL.json file")
     if not path.is_file():
         raise ReferenceLogError(f"evaluation log {path} does not exist")
     try:
         with path.open(encoding="utf-8") as f:
             logs = json.load(f)
+    except UnicodeDecodeError as err:
+        raise ReferenceLogError(f"evaluation log {path} is not UTF-8 text (byte {err.start}); expected JSON") from err
     except json.JSONDecodeError as err:
         raise ReferenceLogError(f"evaluation log {path} is not valid JSON: {err}") from err
     if not isinstance(logs, dict):

@@ -12,6 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 from baldro_pl.datamodules.formatting import EncodedSample, PromptFormat, encode_completion, encode_prompt, encode_qa
 from baldro_pl.metrics.functional.rouge import ROUGE_FIELDS
+from baldro_pl.metrics.generation import clean_up_tokenization
 from baldro_pl.metrics.indexed import IndexedMetric
 from baldro_pl.metrics.logs import summarize_logs
 from baldro_pl.metrics.mia import MIAAUC
@@ -189,6 +190,14 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 
 def target_text(tokenizer: PreTrainedTokenizerBase, sample: EncodedSample) -> str:
-    """Decoded target tokens, special tokens skipped (the zlib attack's text, metrics-spec §4.1)."""
+    """Decoded target tokens, special tokens skipped (the zlib attack's text, metrics-spec §4.1).
+
+    open-unlearning decodes with ``tokenizer.decode(ids, skip_special_tokens=True)``, so the tokenizer's own
+    ``clean_up_tokenization_spaces`` default decides whether tokenisation spaces are cleaned up: False for the Llama-2
+    tokenizers of the published TOFU and MUSE logs, True for the Llama-3.x ones. transformers 5 ignores that setting
+    for BPE tokenizers, so the transformers 4.x clean-up of the reference runs is applied here explicitly
+    (:func:`baldro_pl.metrics.generation.clean_up_tokenization`).
+    """
     ids = [t for t in sample.labels if t != -100]
-    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return clean_up_tokenization(text) if getattr(tokenizer, "clean_up_tokenization_spaces", False) else text

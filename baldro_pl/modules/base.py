@@ -7,9 +7,12 @@ idempotent because Lightning calls it again for ``validate`` / ``test``.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +23,14 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from baldro_pl.hf import load_causal_lm, load_tokenizer, resolve_source, write_hf_directory
-from baldro_pl.modules.optim import build_optimizer, warmup_linear_schedule
+from baldro_pl.modules.optim import (
+    SCHEDULES,
+    Schedule,
+    build_optimizer,
+    trained_batches_per_epoch,
+    warmup_linear_schedule,
+    warmup_steps_for,
+)
 from baldro_pl.objectives.logprobs import logits_to_keep_for, token_logprobs
 
 log = logging.getLogger(__name__)
@@ -43,6 +53,13 @@ class CausalLMModule(pl.LightningModule):
         warmup_epochs: linear warm-up length in epochs (open-unlearning's ``warmup_epochs``); ``warmup_steps``
             overrides it when given.
         warmup_steps: linear warm-up length in optimiser steps.
+        schedule: how optimiser steps and warm-up steps are counted (:mod:`baldro_pl.modules.optim`).
+            ``"lightning"`` (default): Lightning's loop, which also steps on the partial accumulation window left at
+            the end of each epoch (``ceil(batches / accumulate)`` steps per epoch) and rounds the warm-up from the
+            step count. ``"hf_trainer"``: the published runs' HF Trainer (``transformers==4.45.1``): each epoch trains
+            only on whole accumulation windows (``max(batches // accumulate, 1)`` steps; the micro-batches left over
+            are not used that epoch) and the warm-up is open-unlearning's ``int(warmup_epochs * rows // (batch_size
+            * accumulate * devices))``. The reproduction presets use ``"hf_trainer"`` (docs/presets.md).
         lr_schedule: after warm-up, ``"linear"`` decay to 0 at the last step (the HF Trainer default used by the
             reference runs) or ``"constant"``.
         optimizer_state_dtype: ``"param"`` keeps AdamW moments in the parameters' dtype (torch's behaviour);
@@ -64,6 +81,7 @@ class CausalLMModule(pl.LightningModule):
         weight_decay: float = 0.01,
         warmup_epochs: float = 1.0,
         warmup_steps: int | None = None,
+        schedule: Schedule = "lightning",
         lr_schedule: Literal["linear", "constant"] = "linear",
         optimizer_state_dtype: Literal["param", "float32"] = "param",
         log_every_n_steps_histograms: int = 50,
@@ -81,8 +99,16 @@ class CausalLMModule(pl.LightningModule):
             raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
         if not weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-        if not warmup_epochs >= 0 or (warmup_steps is not None and warmup_steps < 0):
-            raise ValueError(f"warmup_epochs / warmup_steps must be >= 0, got {warmup_epochs!r} / {warmup_steps!r}")
+        if not warmup_epochs >= 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs!r}")
+        if warmup_steps is not None and not warmup_steps >= 0:
+            raise ValueError(f"warmup_steps must be >= 0 or None, got {warmup_steps!r}")
+        if not log_every_n_steps_histograms >= 0:
+            raise ValueError(
+                f"log_every_n_steps_histograms must be >= 0 (0: never), got {log_every_n_steps_histograms!r}"
+            )
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be 'lightning' or 'hf_trainer', got {schedule!r}")
         if lr_schedule not in ("linear", "constant"):
             raise ValueError(f"lr_schedule must be 'linear' or 'constant', got {lr_schedule!r}")
         if optimizer_state_dtype not in ("param", "float32"):
@@ -97,10 +123,15 @@ class CausalLMModule(pl.LightningModule):
         self.weight_decay = weight_decay
         self.warmup_epochs = warmup_epochs
         self.warmup_steps = warmup_steps
+        self.schedule = schedule
         self.lr_schedule = lr_schedule
         self.optimizer_state_dtype = optimizer_state_dtype
         self.log_every_n_steps_histograms = log_every_n_steps_histograms
         self._tokenizer: PreTrainedTokenizerBase | None = None
+        #: micro-batches per epoch of the training loader before ``schedule="hf_trainer"`` trims it (None: not set up)
+        self.batches_per_epoch: int | None = None
+        #: ``(optimiser steps, warm-up steps)`` of the run, set by :meth:`configure_optimizers`
+        self.step_plan: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ model and tokenizer
     def load_pretrained(self) -> PreTrainedModel:
@@ -123,9 +154,46 @@ class CausalLMModule(pl.LightningModule):
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def setup(self, stage: str) -> None:
-        """Check the tokenizer before any work when its source is known (it must be able to pad)."""
+        """Check the tokenizer before any work when its source is known (it must be able to pad); with
+        ``schedule="hf_trainer"``, size the training epoch to whole accumulation windows."""
         if self._tokenizer is None and (self.tokenizer_source or self.model_source):
             _ = self.tokenizer
+        if stage == "fit" and self.schedule == "hf_trainer":
+            self._train_on_whole_windows()
+
+    def _train_on_whole_windows(self) -> None:
+        """Limit each training epoch to whole accumulation windows (``schedule="hf_trainer"``).
+
+        Runs in ``setup``, before a checkpoint's datamodule state is restored, so that the loader Lightning finally
+        iterates is the one a mid-epoch resume positions. The loader is built as ``estimated_stepping_batches``
+        would build it; when its length is not a multiple of the accumulation, ``limit_train_batches`` is set to the
+        whole windows and the loader is built again with that limit (Lightning has no public call for this; it reads
+        ``limit_train_batches`` only while building the loader).
+        """
+        trainer = self.trainer
+        loop = trainer.fit_loop
+        loop.setup_data()
+        batches = trainer.num_training_batches
+        if not isinstance(batches, int) or batches <= 0:
+            return  # no training data, or an iterable of unknown length: nothing to trim
+        self.batches_per_epoch = batches
+        keep = trained_batches_per_epoch(batches, trainer.accumulate_grad_batches, "hf_trainer")
+        if keep == batches:
+            return
+        if not hasattr(loop, "_combined_loader"):
+            raise RuntimeError(
+                "schedule='hf_trainer': this Lightning version's FitLoop has no _combined_loader to rebuild; "
+                "use schedule='lightning' or set trainer.limit_train_batches to a multiple of accumulate_grad_batches"
+            )
+        trainer.limit_train_batches = keep
+        loop._combined_loader = None
+        loop.setup_data()
+        log.info(
+            "schedule hf_trainer: %d of %d micro-batches per epoch (whole windows of %d)",
+            keep,
+            batches,
+            trainer.accumulate_grad_batches,
+        )
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -156,12 +224,30 @@ class CausalLMModule(pl.LightningModule):
             weight_decay=self.weight_decay,
             state_dtype=self.optimizer_state_dtype,
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        trainer = self.trainer
+        total = max(1, int(trainer.estimated_stepping_batches))
         if self.warmup_steps is not None:
             warmup = self.warmup_steps
         else:
-            epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-            warmup = int(math.floor(self.warmup_epochs * total / epochs))
+            epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
+            loader = trainer.train_dataloader
+            dataset = getattr(loader, "dataset", None)
+            batch_size = getattr(loader, "batch_size", None)
+            rows = len(dataset) if batch_size and hasattr(dataset, "__len__") else None
+            batches = self.batches_per_epoch or trainer.num_training_batches
+            warmup = warmup_steps_for(
+                self.schedule,
+                self.warmup_epochs,
+                total_steps=total,
+                epochs=epochs,
+                batches=int(batches) if math.isfinite(batches) else total,
+                accumulate=trainer.accumulate_grad_batches,
+                rows=rows,
+                batch_size=batch_size,
+                world_size=trainer.world_size,
+            )
+        self.step_plan = (total, warmup)
+        log.info("schedule %s: %d optimiser steps, %d of them warm-up", self.schedule, total, warmup)
         scheduler = warmup_linear_schedule(optimizer, warmup, total, decay=self.lr_schedule == "linear")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -179,9 +265,10 @@ class CausalLMModule(pl.LightningModule):
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ------------------------------------------------------------------ forward passes
-    def batch_logits(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        """Logits of one batch, computed only from the earliest target position on (``logits_to_keep``)."""
-        keep = logits_to_keep_for(batch["labels"])
+    def batch_logits(self, model: torch.nn.Module, batch: dict[str, Tensor], *, all_positions: bool = False) -> Tensor:
+        """Logits of one batch, computed only from the earliest target position on (``logits_to_keep``), or at every
+        position with ``all_positions`` (prompt and padding included)."""
+        keep = 0 if all_positions else logits_to_keep_for(batch["labels"])
         out = model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, logits_to_keep=keep
         )
@@ -234,3 +321,66 @@ class CausalLMModule(pl.LightningModule):
             raise RuntimeError("save_hf: the model is not built yet (configure_model has not run)")
         weights = state_dict if state_dict is not None else self.model.state_dict()
         return write_hf_directory(self.model.config, weights, self.tokenizer, directory)
+
+
+# ---------------------------------------------------------------------- hyperparameters as plain data
+def class_path_of(cls: type) -> str:
+    """The import path of ``cls``: ``baldro_pl.objectives.<Name>`` for the objectives (as the presets write them),
+    else ``<module>.<qualname>``."""
+    public = importlib.import_module("baldro_pl.objectives")
+    if getattr(public, cls.__name__, None) is cls:
+        return f"baldro_pl.objectives.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def plain_config(value: Any) -> Any:
+    """``value`` as YAML-safe plain data, for ``hparams.yaml`` and checkpoints.
+
+    Numbers, strings, booleans and None stay; mappings and sequences become dicts and lists; any other object becomes
+    ``{"class_path": ..., "init_args": {...}}`` (the LightningCLI form, ``init_args`` left out when empty), read back
+    from the attributes named like its ``__init__`` parameters. :func:`from_config` builds the object again.
+    """
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): plain_config(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain_config(v) for v in value]
+    cls = type(value)
+    init_args = {}
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if not hasattr(value, name):
+            raise TypeError(
+                f"{cls.__name__}: cannot save it as a hyperparameter: its __init__ argument {name!r} is not kept as "
+                f"an attribute of the same name"
+            )
+        init_args[name] = plain_config(getattr(value, name))
+    config: dict[str, Any] = {"class_path": class_path_of(cls)}
+    if init_args:
+        config["init_args"] = init_args
+    return config
+
+
+def from_config(value: Any, base: type, setting: str) -> Any:
+    """``value`` itself, or the object a ``{"class_path", "init_args"}`` mapping describes (the form
+    :func:`plain_config` saves), checked to be a ``base``; ``setting`` names the argument in error messages."""
+    if not isinstance(value, Mapping):
+        return value
+    path = value.get("class_path")
+    if not isinstance(path, str) or "." not in path:
+        raise ValueError(
+            f"{setting}: a mapping needs 'class_path' (e.g. baldro_pl.objectives.NPO), got {dict(value)!r}"
+        )
+    module_name, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        raise ValueError(f"{setting}: class_path {path!r} cannot be imported") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(f"{setting}: class_path {path!r} is not a {base.__name__}")
+    init_args = value.get("init_args") or {}
+    if not isinstance(init_args, Mapping):
+        raise ValueError(f"{setting}: init_args of {path!r} must be a mapping, got {init_args!r}")
+    return cls(**init_args)

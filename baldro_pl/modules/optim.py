@@ -1,4 +1,18 @@
-"""AdamW and the learning-rate schedule of the reference runs (HF Trainer defaults with open-unlearning's warm-up)."""
+"""AdamW and the learning-rate schedule of the reference runs (HF Trainer defaults with open-unlearning's warm-up).
+
+Two step schedules (``schedule`` of :class:`~baldro_pl.modules.base.CausalLMModule`) count the optimiser steps of a
+run of ``epochs`` epochs of ``batches`` micro-batches accumulated ``accumulate`` at a time:
+
+* ``"lightning"``: Lightning's own loop, which also steps on the partial accumulation window left at the end of each
+  epoch: ``ceil(batches / accumulate)`` steps per epoch; warm-up ``floor(warmup_epochs * total / epochs)``.
+* ``"hf_trainer"``: the published runs (open-unlearning on ``transformers==4.45.1``, the version the BalDRO
+  repository pins): ``max(batches // accumulate, 1)`` steps per epoch, every one over a whole accumulation window;
+  warm-up ``int(warmup_epochs * rows // (batch_size * accumulate * devices))`` (open-unlearning's
+  ``load_trainer_args``).
+
+TOFU forget10 (400 rows, batch 8, accumulation 4, 10 epochs, one warm-up epoch): 130 steps with 13 warm-up steps
+under ``"lightning"``, 120 with 12 under ``"hf_trainer"`` (docs/presets.md, "Step schedule").
+"""
 
 from __future__ import annotations
 
@@ -90,3 +104,48 @@ def warmup_linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, 
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     return LambdaLR(optimizer, factor)
+
+
+Schedule = Literal["lightning", "hf_trainer"]
+SCHEDULES: tuple[str, ...] = ("lightning", "hf_trainer")
+
+
+def steps_per_epoch(batches: int, accumulate: int, schedule: Schedule) -> int:
+    """Optimiser steps in one epoch of ``batches`` micro-batches accumulated ``accumulate`` at a time."""
+    if schedule == "hf_trainer":
+        return max(batches // accumulate, 1)  # transformers 4.45 Trainer: num_update_steps_per_epoch
+    return math.ceil(batches / accumulate)
+
+
+def trained_batches_per_epoch(batches: int, accumulate: int, schedule: Schedule) -> int:
+    """Micro-batches an epoch trains on: all of them (``"lightning"``), or only whole accumulation windows
+    (``"hf_trainer"``; all of them when the epoch holds at most one window, which the HF Trainer then steps)."""
+    if schedule == "hf_trainer" and batches > accumulate:
+        return batches - batches % accumulate
+    return batches
+
+
+def warmup_steps_for(
+    schedule: Schedule,
+    warmup_epochs: float,
+    *,
+    total_steps: int,
+    epochs: int,
+    batches: int,
+    accumulate: int,
+    rows: int | None = None,
+    batch_size: int | None = None,
+    world_size: int = 1,
+) -> int:
+    """Linear warm-up length in optimiser steps for ``warmup_epochs`` epochs.
+
+    ``"lightning"``: ``floor(warmup_epochs * total_steps / epochs)``. ``"hf_trainer"``: open-unlearning's
+    ``int(warmup_epochs * rows // (batch_size * accumulate * world_size))`` from the training set's ``rows``; without
+    them (a loader of ready-made batches), ``int(warmup_epochs * batches // accumulate)``, the same number when the
+    rows fill whole batches on every process.
+    """
+    if schedule == "hf_trainer":
+        if rows is not None and batch_size:
+            return int(warmup_epochs * rows // (batch_size * accumulate * world_size))
+        return int(warmup_epochs * batches // accumulate)
+    return int(math.floor(warmup_epochs * total_steps / max(1, epochs)))

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from baldro_pl.modules.base import CausalLMModule
+from baldro_pl.modules.base import CausalLMModule, from_config, plain_config
 from baldro_pl.modules.reference import ReferenceCache, compute_reference_nll
 from baldro_pl.objectives import (
     NLL,
@@ -47,6 +47,8 @@ class UnlearningModule(CausalLMModule):
         forget_loss: base forget loss: ``NPO``, ``SimNPO``, ``SatImp``, ``GradAscent`` or ``WGA``.
         aggregator: ``Mean`` (default; the published base method), ``BalDRODV`` or ``BalDROG``.
         retain_loss: ``NLL`` (None means NLL) or ``KL``. Set ``alpha: 0`` for no retain term (plain gradient ascent).
+            The three objects may also be given as ``{"class_path": ..., "init_args": {...}}`` mappings, the form in
+            which the module saves them as hyperparameters (``hparams.yaml``, checkpoints: plain YAML-safe data).
         gamma: weight of the forget term.
         alpha: weight of the retain term.
         track_forgetting: compute the per-sample reference NLL even when the loss does not need it, to log the
@@ -67,12 +69,21 @@ class UnlearningModule(CausalLMModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
-        retain_loss = NLL() if retain_loss is None else retain_loss
+        forget_loss = from_config(forget_loss, ForgetLoss, "forget_loss")
+        aggregator = from_config(aggregator, Aggregator, "aggregator")
+        retain_loss = NLL() if retain_loss is None else from_config(retain_loss, RetainLoss, "retain_loss")
         self.objective = UnlearningObjective(forget_loss, aggregator, retain_loss, gamma=gamma, alpha=alpha)
         self.track_forgetting = track_forgetting
         self.reference_cache = ReferenceCache()
         self.reference_model: PreTrainedModel | None = None
         self.strict_loading = False  # the frozen reference model is rebuilt from its source, not checkpointed
+        # save_hyperparameters records the current values of the arguments: make the three objects plain
+        # {class_path, init_args} data first, so that hparams.yaml is yaml.safe_load-able and a checkpoint's
+        # hyperparameters rebuild the module (LightningCLI passes its own plain config instead of these values)
+        objective = self.objective
+        forget_loss = plain_config(objective.forget_loss)
+        aggregator = plain_config(objective.aggregator)
+        retain_loss = plain_config(objective.retain_loss)
         self.save_hyperparameters(ignore=["model"] if isinstance(model, PreTrainedModel) else None)
 
     @property
@@ -175,11 +186,13 @@ class UnlearningModule(CausalLMModule):
             )
             if rows is not None:
                 retain = {k: v.index_select(0, rows) for k, v in retain.items()}
-            retain_logits = self.batch_logits(self.model, retain)
+            # KL(normalise="reference") averages over every position of the padded batch: it needs all the logits
+            all_positions = bool(getattr(self.objective.retain_loss, "needs_all_positions", False))
+            retain_logits = self.batch_logits(self.model, retain, all_positions=all_positions)
             retain_labels = retain["labels"]
             if self.reference_model is not None:
                 with torch.no_grad():
-                    reference_logits = self.batch_logits(self.reference_model, retain)
+                    reference_logits = self.batch_logits(self.reference_model, retain, all_positions=all_positions)
         out = self.objective(
             forget_lp,
             reference_nll=reference_nll,

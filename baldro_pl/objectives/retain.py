@@ -32,13 +32,32 @@ def nll_retain_loss(logits: Tensor, labels: Tensor, per: Literal["token", "seque
     return -lp.logp.sum() / lp.mask.sum().clamp(min=1)
 
 
-def kl_retain_loss(logits: Tensor, reference_logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean over target tokens of ``KL(p_ref || p_theta)`` of the next-token distributions.
+KLNormalise = Literal["answer_tokens", "reference"]
 
-    open-unlearning's ``compute_kl_divergence`` takes the same direction (``kl_div(log p_theta, log p_ref,
-    log_target=True)``) but averages over every position of the padded batch, prompt and padding included; here
-    only the answer tokens count, so the value does not depend on padding or prompt length.
+
+def kl_retain_loss(
+    logits: Tensor, reference_logits: Tensor, labels: Tensor, normalise: KLNormalise = "answer_tokens"
+) -> Tensor:
+    """``KL(p_ref || p_theta)`` of the next-token distributions, averaged as ``normalise`` says.
+
+    ``"answer_tokens"``: the mean over the positions that predict an answer token (labels shifted, prompt and
+    padding masked), so the value does not depend on padding or prompt length; ``logits`` may be trimmed to the last
+    positions (``logits_to_keep``). ``"reference"``: open-unlearning's ``compute_kl_divergence``
+    (``kl_div(log p_theta.view(-1, V), log p_ref.view(-1, V), reduction="batchmean", log_target=True)``): the sum
+    over every position of the padded batch (prompt, answer, padding and the last position) divided by
+    ``batch size x sequence length``; it needs the logits of every position.
     """
+    if normalise == "reference":
+        width = labels.shape[1]
+        if logits.shape[1] != width or reference_logits.shape[1] != width:
+            raise ValueError(
+                f"KL(normalise='reference') averages over every position: it needs logits for all {width} positions, "
+                f"got {logits.shape[1]} (policy) and {reference_logits.shape[1]} (reference)"
+            )
+        vocab = logits.shape[-1]
+        policy = F.log_softmax(upcast(logits).reshape(-1, vocab), dim=-1)
+        reference = F.log_softmax(upcast(reference_logits).reshape(-1, vocab), dim=-1)
+        return F.kl_div(policy, reference, reduction="batchmean", log_target=True)
     policy = F.log_softmax(_target_rows(logits, labels), dim=-1)
     reference = F.log_softmax(_target_rows(reference_logits, labels), dim=-1)
     if policy.shape[0] == 0:
@@ -66,16 +85,33 @@ class NLL(RetainLoss):
 
 
 class KL(RetainLoss):
-    """KL divergence from the frozen reference model's next-token distributions on retain answer tokens.
+    """KL divergence ``KL(p_ref || p_theta)`` from the frozen reference model's next-token distributions.
 
     The only loss here that keeps a live copy of the model before unlearning.
+
+    Args:
+        normalise: ``"answer_tokens"`` (default): the mean over the retain answer tokens. ``"reference"``: as the
+            reference code (open-unlearning's ``compute_kl_divergence``): the sum over every position of the padded
+            retain batch, prompt and padding included, divided by batch size x sequence length. The two differ by
+            about the fraction of answer tokens in the padded batch, and the KL at prompt and padding positions, so a
+            published ``alpha`` for the KL retain loss transfers only with ``"reference"`` (and the same padding).
     """
 
     needs_reference_model = True
+
+    def __init__(self, *, normalise: KLNormalise = "answer_tokens") -> None:
+        if normalise not in ("answer_tokens", "reference"):
+            raise ValueError(f"KL: normalise must be 'answer_tokens' or 'reference', got {normalise!r}")
+        self.normalise = normalise
+
+    @property
+    def needs_all_positions(self) -> bool:
+        """Whether the module must compute the logits of every position (not only from the first answer token)."""
+        return self.normalise == "reference"
 
     def __call__(self, logits: Tensor, labels: Tensor, reference_logits: Tensor | None = None) -> Tensor:
         if reference_logits is None:
             raise ValueError("KL retain loss needs reference_logits from the frozen reference model")
         with torch.no_grad():
             reference_logits = reference_logits.detach()
-        return kl_retain_loss(logits, reference_logits, labels)
+        return kl_retain_loss(logits, reference_logits, labels, self.normalise)

@@ -22,9 +22,7 @@ def test_missing_field_names_file_row_field_and_fields_present(tmp_path, toy_tok
     path = tmp_path / "forget.jsonl"
     rows = [{"question": "a?", "answer": "b"}, {"question": "c?", "answer": "d"}, {"question": "e?", "reply": "f"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    expected = (
-        f"{re.escape(str(path))}: row 2 \\(0-based\\) has no field 'answer'; fields present: \\['question', 'reply'\\]"
-    )
+    expected = f"{re.escape(str(path))}: line 3 has no field 'answer'; fields present: \\['question', 'reply'\\]"
     with pytest.raises(ValueError, match=expected):
         _setup(path, toy_tokenizer)
 
@@ -33,7 +31,7 @@ def test_wrong_type_and_empty_answer(tmp_path, toy_tokenizer):
     path = tmp_path / "forget.json"
     path.write_text(json.dumps([{"question": "a?", "answer": 3}]), encoding="utf-8")
     with pytest.raises(
-        ValueError, match=r"forget\.json: row 0 \(0-based\), field 'answer' is a int; expected a string"
+        ValueError, match=r"forget\.json: row 0 \(0-based\), field 'answer' is a number \(3\); expected a string"
     ):
         _setup(path, toy_tokenizer)
     path.write_text(
@@ -89,7 +87,7 @@ def test_invalid_json_names_file_and_line(tmp_path, toy_tokenizer):
         read_records(obj)
     numbers = tmp_path / "numbers.jsonl"
     numbers.write_text('{"question": "a?", "answer": "b"}\n[1, 2]\n', encoding="utf-8")
-    with pytest.raises(ValueError, match="row 1 \\(0-based\\) is a list; expected a JSON object"):
+    with pytest.raises(ValueError, match="line 2 is a list of 2 items; expected a JSON object"):
         read_records(numbers)
 
 
@@ -124,7 +122,7 @@ def test_answer_truncated_away_by_max_length(tmp_path, toy_tokenizer):
     rows = [{"question": "Who?", "answer": "Me."}, {"question": long_question, "answer": "In Paris."}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     expected = (
-        rf"{re.escape(str(path))}: row 1 \(0-based\): no answer token is left to score with max_length=24: "
+        rf"{re.escape(str(path))}: line 2: no answer token is left to score with max_length=24: "
         r"the prompt alone has 24 tokens"
     )
     with pytest.raises(ValueError, match=expected):
@@ -134,7 +132,7 @@ def test_answer_truncated_away_by_max_length(tmp_path, toy_tokenizer):
 
 def test_truncated_real_tofu_rows_are_named(toy_tokenizer):
     dm = TOFUDataModule(data_dir=str(shared_path("data", "tofu")), tokenizer=toy_tokenizer, max_length=20)
-    with pytest.raises(ValueError, match=r"tofu/forget10\.jsonl: row 0 \(0-based\): no answer token .* max_length=20"):
+    with pytest.raises(ValueError, match=r"tofu/forget10\.jsonl: line 1: no answer token .* max_length=20"):
         dm.setup("fit")
 
 

@@ -239,3 +239,22 @@ def test_missing_contract_is_a_clear_error(tmp_path, tiny_model) -> None:
     callback = TOFUEvaluation(max_new_tokens=TOKENS, output_dir=tmp_path)
     with pytest.raises(AttributeError, match="needs `tokenizer`"):
         _trainer(tmp_path, callback).test(StubModule(tiny_model), datamodule=NoRows())
+
+
+@pytest.mark.parametrize(
+    ("cls", "setting"),
+    [
+        ("TOFUEvaluation", "batch_size"),
+        ("TOFUEvaluation", "max_new_tokens"),
+        ("MUSEEvaluation", "max_new_tokens"),
+        ("MUSEEvaluation", "verbmem_batch_size"),
+        ("MUSEEvaluation", "knowmem_batch_size"),
+        ("MUSEEvaluation", "mia_batch_size"),
+    ],
+)
+def test_evaluation_counts_below_one_are_refused_when_built(cls: str, setting: str) -> None:
+    """Refused at construction, not at the first evaluation (which may come after hours of training)."""
+    import baldro_pl.metrics as metrics
+
+    with pytest.raises(ValueError, match=rf"^{setting} must be >= 1, got 0$"):
+        getattr(metrics, cls)(**{setting: 0})

@@ -53,6 +53,11 @@ def test_missing_or_broken_reference_file(tmp_path, tiny_model, toy_tokenizer, t
     bad.write_text("[1, 2]")
     with pytest.raises(ReferenceLogError, match="must hold a JSON object"):
         load_eval_log(bad)
+    bad.write_bytes(b'{"a": "\xff"}')
+    with pytest.raises(ReferenceLogError, match=r"bad.json is not UTF-8 text \(byte 7\)"):
+        load_eval_log(bad)
+    with pytest.raises(ReferenceLogError, match="is a directory; expected a"):
+        load_eval_log(tmp_path)
 
 
 def test_evaluation_split_without_perturbed_answers(tiny_model, toy_tokenizer, tofu_rows) -> None:
@@ -112,7 +117,7 @@ def test_summarize_errors(tmp_path, capsys) -> None:
     assert summarize_main([str(tmp_path / "missing.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
     log = tmp_path / "TOFU_EVAL.json"
-    log.write_text(json.dumps({"forget_truth_ratio": {"agg_value": 0.5, "value_by_index": {"0": {"score": 1.0}}}}))
+    log.write_text(json.dumps({"forget_truth_ratio": {"agg_value": 1.0, "value_by_index": {"0": {"score": 1.0}}}}))
     assert summarize_main([str(log), "--reference", str(shared_path(*RETAIN90))]) == 0  # nothing needs the reference
     log.write_text(json.dumps({**json.loads(log.read_text()), "forget_quality": {"agg_value": None}}))
     assert summarize_main([str(log), "--reference", str(shared_path(*RETAIN90))]) == 2

@@ -155,10 +155,19 @@ def test_summarize_command_reproduces_agg_values(name: str, capsys) -> None:
         if values["logged"] is None:
             continue
         assert values["recomputed"] == pytest.approx(values["logged"], **_tolerance(metric, values["logged"])), metric
+    assert {m: v["status"] for m, v in result.items()} == {
+        m: "n/a" if m == "forget_quality" else "reproduced" for m in result
+    }
     assert summarize_main([str(path)]) == 0
-    table = capsys.readouterr().out
-    assert table.splitlines()[0].split() == ["metric", "logged", "recomputed", "|diff|"]
-    assert sum(1 for line in table.splitlines()[2:] if line.strip()) == len(result)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["metric", "logged", "recomputed", "|diff|", "note"]
+    rows, notes = lines[2 : 2 + len(result)], lines[2 + len(result) :]
+    assert [line.split()[0] for line in rows] == list(result)
+    if "forget_quality" in result:  # a retain model's forget quality: null in the log, and no --reference given
+        assert rows[list(result).index("forget_quality")].split()[1:] == ["-", "-", "-", "[1]"]
+        assert notes == ["", "[1] needs the retain model's log (--reference RETAIN_LOG.json)"]
+    else:
+        assert notes == []
 
 
 def test_summarize_with_reference(capsys, tmp_path) -> None:
@@ -174,9 +183,25 @@ def test_summarize_with_reference(capsys, tmp_path) -> None:
     shifted["forget_balance_over"] = {"agg_value": None}
     path = tmp_path / "TOFU_EVAL.json"
     path.write_text(json.dumps(shifted))
-    assert summarize_main([str(path), "--reference", str(ref_path), "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    # exit 1: the edited scores no longer match the losses, and the logged privleak was computed against AUC 0.5
+    assert summarize_main([str(path), "--reference", str(ref_path), "--json"]) == 1
+    out = capsys.readouterr()
+    result = json.loads(out.out)
     assert result["forget_quality"]["recomputed"] == pytest.approx(forget_quality(3 * tr, tr), rel=1e-12)
     assert result["forget_quality"]["recomputed"] < 1e-10
+    assert result["forget_quality"]["status"] == "not logged"  # the retain log's forget quality is null
     assert result["privleak"]["recomputed"] == pytest.approx(0.0, abs=1e-9)  # same AUC as the reference
     assert result["forget_balance_over"]["recomputed"] > 0.3
+    assert [m for m, v in result.items() if v["status"] == "MISMATCH"] == ["forget_truth_ratio", "privleak"]
+    assert result["privleak"]["why"] == (
+        f"recomputed against the reference AUC 0.386669 of {ref_path}; the logged value implies a reference AUC of "
+        "0.5: was the log evaluated against another retain log?"
+    )
+    assert result["forget_truth_ratio"]["why"].startswith(
+        f"the per-sample 'score' of forget_truth_ratio in {path} differs from the truth ratio of forget_Q_A_PARA_Prob"
+        " / forget_Q_A_PERT_Prob 'avg_loss' at 400 of 400 rows (first: row 0)"
+    )
+    assert out.err == (
+        f"baldro-pl summarize: {path}: 2 of 29 checked aggregates disagree with the per-sample values: "
+        "forget_truth_ratio, privleak (see the notes)\n"
+    )

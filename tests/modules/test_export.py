@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -10,6 +12,7 @@ from toy_task import ToyUnlearningData
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from baldro_pl.callbacks import HFExport
+from baldro_pl.checkpoints import CheckpointError
 from baldro_pl.export import OutputExistsError, export_checkpoint, main
 from baldro_pl.modules import FinetuneModule, UnlearningModule
 from baldro_pl.objectives import NPO, BalDROG
@@ -153,3 +156,39 @@ def test_hf_export_callback_refuses_a_non_empty_dirpath_before_training(model_di
     empty.mkdir()
     fit(HFExport(str(empty)))
     assert (empty / "config.json").is_file()
+
+
+def test_export_command_refuses_an_unusable_checkpoint_in_one_line(
+    unlearned_checkpoint, people_tokenizer, tmp_path, capsys
+):
+    """Issue 10, problem 5: a truncated file, a directory, a non-checkpoint or another model's checkpoint is refused
+    in one line naming the file (exit 2) before anything is written; no library traceback."""
+    data = Path(unlearned_checkpoint).read_bytes()
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(data[: len(data) // 3])
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    notes = tmp_path / "notes.ckpt"
+    notes.write_text("hello")
+    checkpoint = torch.load(unlearned_checkpoint, weights_only=True)
+    other = tiny_llama(len(people_tokenizer) + 5, hidden_size=48)
+    checkpoint["state_dict"] = {f"model.{k}": v for k, v in other.state_dict().items()}
+    other_model = tmp_path / "other.ckpt"
+    torch.save(checkpoint, other_model)
+    model = checkpoint["hyper_parameters"]["model"]
+    cases = {
+        truncated: f"is truncated or corrupt ({len(data) // 3} bytes; torch: ",
+        folder: "is a directory but not a sharded checkpoint (no .metadata file; files there: none)",
+        notes: "is not a PyTorch checkpoint (a .ckpt file written by Lightning)",
+        tmp_path / "missing.ckpt": "does not exist",
+        other_model: f"is not a checkpoint of the model {model}: ",
+    }
+    out = tmp_path / "out"
+    for path, says in cases.items():
+        capsys.readouterr()
+        assert main([str(path), "--output", str(out)]) == 2, path
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith(f"baldro-pl export: error: checkpoint {path} {says}"), err
+        assert not out.exists()
+    with pytest.raises(CheckpointError, match="embed_tokens.weight: \\[.*\\] in the checkpoint, \\[.*\\] in the model"):
+        export_checkpoint(other_model, out)
