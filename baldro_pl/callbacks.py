@@ -9,7 +9,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch import Callback
-from lightning.pytorch.strategies import FSDPStrategy
+
+from baldro_pl.strategies import full_module_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -20,18 +21,7 @@ def hf_state_dict(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[st
     Collective: every process must call it. Under FSDP, Lightning's strategy gathers the full state dict (offloaded
     to CPU, rank 0 only); the frozen reference model, if any, is left out.
     """
-    strategy = trainer.strategy
-    if isinstance(strategy, FSDPStrategy):
-        # the full state dict whatever the checkpoint format (a "sharded" strategy returns ShardedTensors);
-        # offloading to CPU is only for accelerator devices (on CPU devices it crashes torch 2.13's clone hook)
-        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-        config = FullStateDictConfig(offload_to_cpu=strategy.root_device.type != "cpu", rank0_only=True)
-        with FSDP.state_dict_type(strategy.model, StateDictType.FULL_STATE_DICT, config):
-            full = strategy.model.state_dict()
-    else:
-        full = strategy.lightning_module_state_dict()
+    full = full_module_state_dict(trainer)
     if not trainer.is_global_zero:
         return None
     prefix = "model."

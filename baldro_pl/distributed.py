@@ -1,4 +1,10 @@
-"""Distributed glue that is not a metric or a strategy: the process-group timeout and rank-0-only paths.
+"""Distributed glue in one place: rank and world, sharding rows over processes, gathering Python objects, the
+process-group timeout and rank-0-only paths (FSDP specifics live in :mod:`baldro_pl.strategies`).
+
+Evaluation sharding: every process evaluates a disjoint shard of the rows, padded with repeats exactly like
+``torch.utils.data.DistributedSampler(shuffle=False, drop_last=False)``, so that all processes run the same number of
+forward / generate calls (collectives under FSDP need lockstep); the metric states carry the row index and are
+de-duplicated after the gather (:mod:`baldro_pl.metrics.indexed`).
 
 Two rules keep multi-process runs from deadlocking:
 
@@ -13,10 +19,14 @@ Two rules keep multi-process runs from deadlocking:
 from __future__ import annotations
 
 import logging
+import math
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
-import lightning.pytorch as pl
-from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
+import torch.distributed as dist
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +63,8 @@ def apply_process_group_timeout(trainer: pl.Trainer, seconds: float | None) -> N
         return
     if not (isinstance(seconds, int | float) and seconds > 0):
         raise ValueError(f"pg_timeout must be a number of seconds > 0, got {seconds!r}")
+    from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
+
     strategy = trainer.strategy
     # Lightning 2.6 keeps the value passed as DDPStrategy/FSDPStrategy(timeout=...) in the private `_timeout`, read
     # when the process group is created in `setup_environment` (after the Trainer is built): the only hook.
@@ -62,3 +74,36 @@ def apply_process_group_timeout(trainer: pl.Trainer, seconds: float | None) -> N
         return
     strategy._timeout = timedelta(seconds=float(seconds))
     log.debug("process-group timeout set to %s s", seconds)
+
+
+def rank_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the default process group, ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard_indices(n: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """Row indices of ``rank``: ``range(n)`` padded with its first rows to a multiple of ``world_size``, strided.
+
+    >>> shard_indices(5, rank=1, world_size=2)
+    [1, 3, 0]
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"invalid rank {rank} for world size {world_size}")
+    if n == 0:
+        return []
+    total = math.ceil(n / world_size) * world_size
+    indices = list(range(n))
+    indices += (indices * math.ceil(total / n))[: total - n]
+    return indices[rank:total:world_size]
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]``; ``[obj]`` without a process group (collective otherwise)."""
+    _, world = rank_world()
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out

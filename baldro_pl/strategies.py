@@ -24,6 +24,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any, Literal
 
+import lightning.pytorch as pl
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
@@ -175,18 +176,73 @@ def prepare_direct_calls(strategy_model: nn.Module | None) -> None:
         _lazy_init(strategy_model, strategy_model)
 
 
-@contextlib.contextmanager
-def model_call_context(model: nn.Module) -> Iterator[None]:
-    """Make direct calls into an FSDP-wrapped Hugging Face model work (forward outside the wrapper, ``generate``).
+def is_fsdp(trainer: pl.Trainer) -> bool:
+    """Whether the trainer runs Lightning's FSDP strategy (FSDP1)."""
+    from lightning.pytorch.strategies import FSDPStrategy
 
-    Under FSDP1 the root unit's parameters (embeddings, final norm, LM head) are flat shards outside its own
-    ``forward``; ``summon_full_params(recurse=False)`` gathers just those (decoder-layer units gather themselves as
-    usual). No-op for a model that is not wrapped.
+    return isinstance(getattr(trainer, "strategy", None), FSDPStrategy)
+
+
+@contextlib.contextmanager
+def model_call_context(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterator[None]:
+    """The context every evaluation forward / generate runs in.
+
+    Under Lightning's ``FSDPStrategy`` (FSDP1), the parameters owned directly by the root unit, and by the Hugging
+    Face model's own unit when it is one (``HFFSDPStrategy`` wraps each HF model separately), are gathered with
+    ``FullyShardedDataParallel.summon_full_params(unit, recurse=False, writeback=False)``, so that the Hugging Face
+    model can be called directly and ``generate()`` works (ecosystem-notes §2.3); the decoder-layer units gather
+    their own parameters in their forward. The FSDP root is initialised first if no forward has run yet
+    (:func:`prepare_direct_calls`). Otherwise a null context.
     """
+    if not is_fsdp(trainer):
+        yield
+        return
     from torch.distributed.fsdp import FullyShardedDataParallel
 
-    if isinstance(model, FullyShardedDataParallel):
-        with FullyShardedDataParallel.summon_full_params(model, recurse=False, writeback=False):
-            yield
-    else:
+    root = trainer.strategy.model
+    prepare_direct_calls(root)
+    with contextlib.ExitStack() as stack:
+        if isinstance(root, FullyShardedDataParallel):
+            stack.enter_context(FullyShardedDataParallel.summon_full_params(root, recurse=False, writeback=False))
+        unit = pl_module.model
+        if isinstance(unit, FullyShardedDataParallel) and unit is not root:
+            stack.enter_context(FullyShardedDataParallel.summon_full_params(unit, recurse=False, writeback=False))
         yield
+
+
+def hf_model(pl_module: pl.LightningModule) -> torch.nn.Module:
+    """``pl_module.model`` without an FSDP wrapper of its own (calls then go through :func:`model_call_context`)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    model = pl_module.model
+    return model.module if isinstance(model, FullyShardedDataParallel) else model
+
+
+def full_module_state_dict(trainer: pl.Trainer) -> dict[str, torch.Tensor]:
+    """The LightningModule's full state dict, on every rank's call (collective under FSDP; rank 0 holds the values).
+
+    Under FSDP, whatever the checkpoint format (a "sharded" strategy returns ShardedTensors), FSDP1's
+    ``FULL_STATE_DICT`` gathers the full tensors to rank 0 only, offloaded to CPU on accelerator devices (on CPU
+    devices the offload crashes torch 2.13's clone hook). Elsewhere Lightning's own ``lightning_module_state_dict``.
+    """
+    strategy = trainer.strategy
+    if not isinstance(strategy, FSDPStrategy):
+        return strategy.lightning_module_state_dict()
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    config = FullStateDictConfig(offload_to_cpu=strategy.root_device.type != "cpu", rank0_only=True)
+    with FSDP.state_dict_type(strategy.model, StateDictType.FULL_STATE_DICT, config):
+        return strategy.model.state_dict()
+
+
+def clip_gradients_fsdp_aware(pl_module: pl.LightningModule, optimizer, clip_val, algorithm) -> None:
+    """Norm clipping under FSDP through FSDP's own ``clip_grad_norm_`` (the norm over all shards: Lightning's FSDP
+    precision plugin refuses norm clipping); elsewhere, and for value clipping, Lightning's ``clip_gradients``."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    wrapped = pl_module.trainer.strategy.model
+    if isinstance(wrapped, FullyShardedDataParallel) and clip_val and algorithm != "value":
+        wrapped.clip_grad_norm_(clip_val)
+        return
+    pl_module.clip_gradients(optimizer, clip_val, algorithm)

@@ -24,7 +24,6 @@ import math
 from typing import Literal
 
 import lightning.pytorch as pl
-import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from transformers import PreTrainedTokenizerBase
 
@@ -32,6 +31,7 @@ from baldro_pl.datamodules.collate import PadCollator
 from baldro_pl.datamodules.formatting import PromptFormat
 from baldro_pl.datamodules.pairing import ForgetRetainCollator, ForgetRetainDataset, ForgetSampler, Pairing
 from baldro_pl.datamodules.records import DataError
+from baldro_pl.distributed import rank_world
 from baldro_pl.hf import load_tokenizer
 
 
@@ -210,17 +210,15 @@ class UnlearningDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ distribution
     def data_parallel_rank(self) -> tuple[int, int]:
-        """``(world_size, rank)`` over data-parallel processes: from the attached Trainer's strategy, else from
-        ``torch.distributed`` when initialised, else ``(1, 0)``."""
+        """``(rank, world_size)`` over data-parallel processes (the order of :func:`baldro_pl.distributed.rank_world`):
+        from the attached Trainer's strategy, else from ``torch.distributed`` when initialised, else ``(0, 1)``."""
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
             kwargs = trainer.distributed_sampler_kwargs
             if kwargs:
-                return int(kwargs["num_replicas"]), int(kwargs["rank"])
-            return 1, 0
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_world_size(), torch.distributed.get_rank()
-        return 1, 0
+                return int(kwargs["rank"]), int(kwargs["num_replicas"])
+            return 0, 1
+        return rank_world()
 
     # ------------------------------------------------------------------ loaders
     def train_dataset(self) -> ForgetRetainDataset:
@@ -234,7 +232,7 @@ class UnlearningDataModule(pl.LightningDataModule):
     def train_sampler(self) -> ForgetSampler:
         """The seeded, sharded forget sampler for this process."""
         self._ensure_train_sets()
-        world, rank = self.data_parallel_rank()
+        rank, world = self.data_parallel_rank()
         sampler = ForgetSampler(
             len(self.forget_dataset),
             batch_size=self.batch_size,
@@ -305,7 +303,7 @@ class UnlearningDataModule(pl.LightningDataModule):
         forget set; the last shards may be one row shorter).
         """
         self._ensure_train_sets()
-        world, rank = self.data_parallel_rank()
+        rank, world = self.data_parallel_rank()
         rows = list(range(len(self.forget_dataset)))[rank::world]
         return self._plain_loader(Subset(self.forget_dataset, rows))
 

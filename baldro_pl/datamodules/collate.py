@@ -17,7 +17,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from baldro_pl.datamodules.formatting import IGNORE_INDEX, EncodedSample
+from baldro_pl.datamodules.formatting import EncodedSample
+from baldro_pl.labels import IGNORE_INDEX
 
 
 def pad_samples(

@@ -19,8 +19,9 @@ from typing import Literal
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from baldro_pl.datamodules.formatting import IGNORE_INDEX, EncodedSample, PromptFormat, encode_completion, encode_qa
+from baldro_pl.datamodules.formatting import EncodedSample, PromptFormat, encode_completion, encode_qa
 from baldro_pl.datamodules.records import DataError, check_fields, row_label
+from baldro_pl.labels import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
-IGNORE_INDEX = -100
+from baldro_pl.labels import IGNORE_INDEX
 
 
 class PromptFormat:

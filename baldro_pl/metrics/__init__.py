@@ -14,7 +14,7 @@ Layers:
   summarize``).
 """
 
-from baldro_pl.metrics.callbacks import MUSEEvaluation, TOFUEvaluation, model_call_context
+from baldro_pl.metrics.callbacks import MUSEEvaluation, TOFUEvaluation
 from baldro_pl.metrics.generation import greedy_generate
 from baldro_pl.metrics.indexed import IndexedMetric, SampleMean
 from baldro_pl.metrics.likelihood import gradnorm_scores, score_samples, vocab_statistics
@@ -28,6 +28,7 @@ from baldro_pl.metrics.suite import EvaluationResult
 from baldro_pl.metrics.summarize import recompute_aggregates
 from baldro_pl.metrics.tofu import TOFU_METRICS, TOFUEvaluator, evaluate_tofu
 from baldro_pl.metrics.truth_ratio import ForgetQuality, ForgettingBalance, TruthRatio
+from baldro_pl.strategies import model_call_context
 
 __all__ = [
     "MIAAUC",

@@ -34,12 +34,11 @@ Contract with the other parts of baldro-pl:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,7 @@ from baldro_pl.metrics.logs import write_json_atomic
 from baldro_pl.metrics.muse import MUSEEvaluator
 from baldro_pl.metrics.suite import EvaluationResult
 from baldro_pl.metrics.tofu import TOFUEvaluator
+from baldro_pl.strategies import hf_model, is_fsdp, model_call_context
 
 log = logging.getLogger(__name__)
 
@@ -93,49 +93,6 @@ class _CaptureWarnings(logging.Filter):
             self.records.append(record)
             return False
         return True
-
-
-def _is_fsdp(trainer: pl.Trainer) -> bool:
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    return isinstance(getattr(trainer, "strategy", None), FSDPStrategy)
-
-
-@contextlib.contextmanager
-def model_call_context(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterator[None]:
-    """The context every evaluation forward / generate runs in.
-
-    Under Lightning's ``FSDPStrategy`` (FSDP1), the parameters owned directly by the root unit, and by the Hugging
-    Face model's own unit when it is one (``HFFSDPStrategy`` wraps each HF model separately), are gathered with
-    ``FullyShardedDataParallel.summon_full_params(unit, recurse=False, writeback=False)``, so that the Hugging Face
-    model can be called directly and ``generate()`` works (ecosystem-notes §2.3); the decoder-layer units gather
-    their own parameters in their forward. The FSDP root is initialised first if no forward has run yet
-    (:func:`baldro_pl.strategies.prepare_direct_calls`). Otherwise a null context.
-    """
-    if not _is_fsdp(trainer):
-        yield
-        return
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    from baldro_pl.strategies import prepare_direct_calls
-
-    root = trainer.strategy.model
-    prepare_direct_calls(root)
-    with contextlib.ExitStack() as stack:
-        if isinstance(root, FullyShardedDataParallel):
-            stack.enter_context(FullyShardedDataParallel.summon_full_params(root, recurse=False, writeback=False))
-        unit = pl_module.model
-        if isinstance(unit, FullyShardedDataParallel) and unit is not root:
-            stack.enter_context(FullyShardedDataParallel.summon_full_params(unit, recurse=False, writeback=False))
-        yield
-
-
-def hf_model(pl_module: pl.LightningModule) -> torch.nn.Module:
-    """``pl_module.model`` without an FSDP wrapper of its own (calls then go through :func:`model_call_context`)."""
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    model = pl_module.model
-    return model.module if isinstance(model, FullyShardedDataParallel) else model
 
 
 def _require_at_least_one(**settings: int | None) -> None:
@@ -227,7 +184,7 @@ class _SuiteEvaluation(Callback):
         """
         evaluator = self._get_evaluator(trainer)
         rows = self._evaluation_rows(trainer)
-        fsdp = _is_fsdp(trainer)
+        fsdp = is_fsdp(trainer)
         model = hf_model(pl_module)
         if trainer.is_global_zero:
             log.info("%s evaluation (%s) at step %d: running", self.suite_name, tag, trainer.global_step)

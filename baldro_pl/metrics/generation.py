@@ -25,7 +25,8 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from baldro_pl.datamodules.collate import pad_samples
-from baldro_pl.datamodules.formatting import IGNORE_INDEX, EncodedSample
+from baldro_pl.datamodules.formatting import EncodedSample
+from baldro_pl.labels import IGNORE_INDEX
 from baldro_pl.metrics.likelihood import CallContext, length_sorted_batches, model_device
 
 

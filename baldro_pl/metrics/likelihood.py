@@ -24,15 +24,11 @@ from torch import Tensor
 
 from baldro_pl.datamodules.collate import pad_samples
 from baldro_pl.datamodules.formatting import EncodedSample
+from baldro_pl.forward import forward_logprobs, teacher_forced_logits
+from baldro_pl.labels import shift_labels
 from baldro_pl.metrics.functional.memorization import exact_memorization, extraction_strength
 from baldro_pl.metrics.functional.mia import min_k_plus_plus_z, min_k_scores
-from baldro_pl.objectives.logprobs import (
-    TokenLogProbs,
-    forward_logprobs,
-    logits_to_keep_for,
-    shift_labels,
-    token_logprobs,
-)
+from baldro_pl.objectives.logprobs import TokenLogProbs, token_logprobs
 
 CallContext = Callable[[], AbstractContextManager]
 
@@ -200,12 +196,9 @@ def score_samples(
         batch = pad_samples([samples[i] for i in idx], pad_token_id, side="right")
         labels = batch["labels"].to(device)
         with context():
-            logits = model(
-                input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-                use_cache=False,
-                logits_to_keep=logits_to_keep_for(labels),
-            ).logits
+            logits = teacher_forced_logits(
+                model, batch["input_ids"].to(device), batch["attention_mask"].to(device), labels
+            )
         vocab_rows = torch.tensor([flags[i] for i in idx], device=device)
         scores = batch_scores(logits, labels, vocab_rows=vocab_rows, k=k)
         rows = torch.tensor(idx)

@@ -12,6 +12,9 @@ from torchmetrics.utilities import dim_zero_cat
 from baldro_pl.metrics.functional.mia import mia_auc
 from baldro_pl.metrics.indexed import deduplicate
 
+MIA_ATTACKS: tuple[str, ...] = ("mia_loss", "mia_zlib", "mia_min_k", "mia_min_k_plus_plus", "mia_gradnorm")
+"""The membership-inference attacks of both suites, in log order (metrics-spec §4.2)."""
+
 
 class MIAAUC(Metric):
     """ROC-AUC of loss-like scores with the forget set (members) labelled 0 and the holdout set labelled 1.

@@ -26,13 +26,14 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from baldro_pl.datamodules.formatting import PromptFormat
-from baldro_pl.metrics.distributed import all_gather_objects, distributed_info, shard_indices
+from baldro_pl.distributed import all_gather_objects, rank_world, shard_indices
+from baldro_pl.labels import scored_ids
 from baldro_pl.metrics.functional.mia import privleak, zlib_scores
 from baldro_pl.metrics.generation import decode, greedy_generate, reference_text
 from baldro_pl.metrics.likelihood import CallContext, gradnorm_scores, model_device, score_samples
 from baldro_pl.metrics.logs import ReferenceLog
 from baldro_pl.metrics.memorization import ExactMemorization, ExtractionStrength
-from baldro_pl.metrics.mia import MIAAUC
+from baldro_pl.metrics.mia import MIA_ATTACKS, MIAAUC
 from baldro_pl.metrics.rouge import ROUGE
 from baldro_pl.metrics.suite import (
     EncodingCache,
@@ -44,7 +45,6 @@ from baldro_pl.metrics.suite import (
     score_entry,
     target_text,
 )
-from baldro_pl.metrics.tofu import MIA_ATTACKS
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class MUSEEvaluator:
         gradnorm = "mia_gradnorm" in self.metrics and allow_gradnorm
         if "mia_gradnorm" in self.metrics and not allow_gradnorm:
             notes.append("mia_gradnorm is None: gradnorm was not allowed in this run (FSDP)")
-        rank, world = distributed_info()
+        rank, world = rank_world()
         shards = {s: shard_indices(len(rows[s]), rank, world) for s in self._needed_splits() if not s.endswith("_icl")}
         modes = {m: m.training for m in model.modules()}
         try:
@@ -237,7 +237,7 @@ class MUSEEvaluator:
                     {
                         "input": decode(tok, p),
                         "generation": g,
-                        "ground_truth": reference_text(tok, p, [t for t in s.labels if t != -100]),
+                        "ground_truth": reference_text(tok, p, scored_ids(s.labels)),
                     }
                     for p, g, s in zip(prompts, gens, samples)
                 ]

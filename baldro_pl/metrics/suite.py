@@ -11,6 +11,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from baldro_pl.datamodules.formatting import EncodedSample, PromptFormat, encode_completion, encode_prompt, encode_qa
+from baldro_pl.labels import scored_ids
 from baldro_pl.metrics.functional.rouge import ROUGE_FIELDS
 from baldro_pl.metrics.generation import clean_up_tokenization
 from baldro_pl.metrics.indexed import IndexedMetric
@@ -198,6 +199,6 @@ def target_text(tokenizer: PreTrainedTokenizerBase, sample: EncodedSample) -> st
     for BPE tokenizers, so the transformers 4.x clean-up of the reference runs is applied here explicitly
     (:func:`baldro_pl.metrics.generation.clean_up_tokenization`).
     """
-    ids = [t for t in sample.labels if t != -100]
+    ids = scored_ids(sample.labels)
     text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     return clean_up_tokenization(text) if getattr(tokenizer, "clean_up_tokenization_spaces", False) else text

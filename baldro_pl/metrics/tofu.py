@@ -12,7 +12,7 @@ Rows come as raw dicts (``question``, ``answer``, ``paraphrased_answer``, ``pert
 ``forget`` (forgetXX_perturbed), ``retain`` (retain_perturbed), ``real_authors``, ``world_facts`` (their
 ``*_perturbed`` configs) and ``holdout`` (holdoutXX). Forget rows with a ``stratum`` field (the synthetic set's
 memorisation strata) also get their forget metrics per stratum (``stratum/<s>/...``, :mod:`baldro_pl.metrics.strata`).
-In a process group every process evaluates its shard of each split (:mod:`baldro_pl.metrics.distributed`) and the
+In a process group every process evaluates its shard of each split (:mod:`baldro_pl.distributed`) and the
 metric states are gathered and de-duplicated by row index.
 """
 
@@ -29,7 +29,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from baldro_pl.datamodules.formatting import EncodedSample, PromptFormat
-from baldro_pl.metrics.distributed import all_gather_objects, distributed_info, shard_indices
+from baldro_pl.distributed import all_gather_objects, rank_world, shard_indices
 from baldro_pl.metrics.functional.balance import BALANCE_KEYS, forgetting_balance
 from baldro_pl.metrics.functional.forget_quality import forget_quality
 from baldro_pl.metrics.functional.mia import privleak, zlib_scores
@@ -38,7 +38,7 @@ from baldro_pl.metrics.generation import decode, greedy_generate, reference_text
 from baldro_pl.metrics.likelihood import SCORE_KEYS, CallContext, gradnorm_scores, model_device, score_samples
 from baldro_pl.metrics.logs import ReferenceLog
 from baldro_pl.metrics.memorization import ExactMemorization, ExtractionStrength
-from baldro_pl.metrics.mia import MIAAUC
+from baldro_pl.metrics.mia import MIA_ATTACKS, MIAAUC
 from baldro_pl.metrics.probability import NormalisedProbability, Probability
 from baldro_pl.metrics.rouge import ROUGE
 from baldro_pl.metrics.strata import strata_of_rows, stratum_logs
@@ -59,7 +59,6 @@ log = logging.getLogger(__name__)
 
 TOFU_SPLITS: tuple[str, ...] = ("forget", "retain", "real_authors", "world_facts", "holdout")
 _PREFIX = {"forget": "forget", "retain": "retain", "real_authors": "ra", "world_facts": "wf"}
-MIA_ATTACKS: tuple[str, ...] = ("mia_loss", "mia_zlib", "mia_min_k", "mia_min_k_plus_plus", "mia_gradnorm")
 
 #: Every metric of the suite, in log order. ``*_PARA_ROUGE`` / ``*_PERT_ROUGE`` are in upstream open-unlearning's
 #: ``tofu.yaml`` (not in the BalDRO fork's); ``forget_balance_*`` is baldro-pl's forgetting balance.
@@ -319,7 +318,7 @@ class TOFUEvaluator:
         self._check_rows(rows)
         n_forget = len(rows["forget"]) if "forget" in rows else None
         ref_tr, ref_auc, notes = self._reference_values(n_forget)
-        rank, world = distributed_info()
+        rank, world = rank_world()
         shards = {s: shard_indices(len(rows[s]), rank, world) for s, p in self.plans.items() if p.needed}
         gradnorm = "mia_gradnorm" in self.metrics and allow_gradnorm
         if "mia_gradnorm" in self.metrics and not allow_gradnorm:

@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from baldro_pl.forward import teacher_forced_logits
 from baldro_pl.hf import load_causal_lm, load_tokenizer, resolve_source, write_hf_directory
 from baldro_pl.modules.optim import (
     SCHEDULES,
@@ -31,7 +32,7 @@ from baldro_pl.modules.optim import (
     warmup_linear_schedule,
     warmup_steps_for,
 )
-from baldro_pl.objectives.logprobs import logits_to_keep_for, token_logprobs
+from baldro_pl.objectives.logprobs import token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -254,25 +255,18 @@ class CausalLMModule(pl.LightningModule):
     def configure_gradient_clipping(
         self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm=None
     ) -> None:
-        """Norm clipping under FSDP goes through FSDP's own ``clip_grad_norm_`` (the norm over all shards); Lightning's
-        FSDP precision plugin refuses norm clipping. Elsewhere Lightning's default."""
-        from torch.distributed.fsdp import FullyShardedDataParallel
+        """Norm clipping under FSDP over all shards (:func:`baldro_pl.strategies.clip_gradients_fsdp_aware`)."""
+        from baldro_pl.strategies import clip_gradients_fsdp_aware
 
-        wrapped = self.trainer.strategy.model
-        if isinstance(wrapped, FullyShardedDataParallel) and gradient_clip_val and gradient_clip_algorithm != "value":
-            wrapped.clip_grad_norm_(gradient_clip_val)
-            return
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        clip_gradients_fsdp_aware(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ------------------------------------------------------------------ forward passes
     def batch_logits(self, model: torch.nn.Module, batch: dict[str, Tensor], *, all_positions: bool = False) -> Tensor:
         """Logits of one batch, computed only from the earliest target position on (``logits_to_keep``), or at every
         position with ``all_positions`` (prompt and padding included)."""
-        keep = 0 if all_positions else logits_to_keep_for(batch["labels"])
-        out = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, logits_to_keep=keep
+        return teacher_forced_logits(
+            model, batch["input_ids"], batch["attention_mask"], batch["labels"], all_positions=all_positions
         )
-        return out.logits
 
     def _eval_step(self, batch: dict[str, Tensor], stage: str, dataloader_idx: int) -> None:
         lp = token_logprobs(self.batch_logits(self.model, batch), batch["labels"])

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from baldro_pl.objectives.logprobs import forward_logprobs
+from baldro_pl.forward import forward_logprobs
 
 
 class ReferenceCache:

@@ -19,7 +19,7 @@ from baldro_pl.objectives.forget import (
     simnpo_loss,
     wga_token_loss,
 )
-from baldro_pl.objectives.logprobs import IGNORE_INDEX, TokenLogProbs, forward_logprobs, token_logprobs
+from baldro_pl.objectives.logprobs import IGNORE_INDEX, TokenLogProbs, token_logprobs
 from baldro_pl.objectives.objective import ObjectiveOutput, UnlearningObjective
 from baldro_pl.objectives.retain import KL, NLL, kl_retain_loss, nll_retain_loss
 
@@ -47,7 +47,6 @@ __all__ = [
     "TokenLogProbs",
     "UnlearningObjective",
     "dv_aggregate",
-    "forward_logprobs",
     "kl_retain_loss",
     "nll_retain_loss",
     "npo_loss",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-IGNORE_INDEX = -100
+from baldro_pl.labels import IGNORE_INDEX, shift_labels
 
 
 @dataclass(frozen=True)
@@ -71,16 +71,6 @@ def upcast(x: Tensor) -> Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def shift_labels(labels: Tensor, ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
-    """Labels aligned with ``logits[:, :-1]``: returns ``(targets [B, T-1], mask [B, T-1])``.
-
-    Masked targets are replaced by 0 so that they can be used as gather indices.
-    """
-    targets = labels[:, 1:]
-    mask = targets != ignore_index
-    return targets.masked_fill(~mask, 0), mask
-
-
 def token_logprobs(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> TokenLogProbs:
     """Per-token log-probabilities of ``labels`` under ``logits`` (fp32, shifted, masked).
 
@@ -105,36 +95,3 @@ def token_logprobs(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_IN
     picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     logp = picked - torch.logsumexp(logits, dim=-1)
     return TokenLogProbs(logp.masked_fill(~mask, 0.0), mask)
-
-
-def logits_to_keep_for(labels: Tensor, ignore_index: int = IGNORE_INDEX) -> int:
-    """How many trailing positions need logits so that every target token of the batch is scored.
-
-    The LM head over a 50k-150k vocabulary is a large share of a step; prompts need no logits. Returns the
-    number of last positions to keep (Hugging Face ``logits_to_keep``), at least 2.
-    """
-    has_target = (labels[:, 1:] != ignore_index).any(0)
-    if not bool(has_target.any()):
-        return labels.shape[1]
-    first_target = int(has_target.nonzero()[0, 0]) + 1  # sequence position of the earliest target
-    return max(2, labels.shape[1] - first_target + 1)
-
-
-def forward_logprobs(
-    model: torch.nn.Module,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    labels: Tensor,
-    *,
-    trim_logits: bool = True,
-) -> TokenLogProbs:
-    """One teacher-forced forward pass of a causal LM, returning the target log-probs.
-
-    With ``trim_logits`` the LM head is applied only from the earliest target position on (``logits_to_keep``),
-    which gives identical values and saves the prompt part of the ``[B, T, V]`` logits.
-    """
-    kwargs = {}
-    if trim_logits:
-        kwargs["logits_to_keep"] = logits_to_keep_for(labels)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
-    return token_logprobs(out.logits, labels)

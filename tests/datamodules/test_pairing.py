@@ -140,7 +140,7 @@ def test_reference_loader_covers_forget_once_in_row_order(data_files, toy_tokeni
     assert indices == list(range(N_FORGET))
     shards = []
     for rank in range(3):
-        dm.data_parallel_rank = lambda rank=rank: (3, rank)  # as under a 3-process strategy
+        dm.data_parallel_rank = lambda rank=rank: (rank, 3)  # as under a 3-process strategy
         shards.append([i for b in dm.reference_dataloader() for i in b["index"].tolist()])
     assert shards[0] == list(range(0, N_FORGET, 3))
     assert sorted(sum(shards, [])) == list(range(N_FORGET))

@@ -12,7 +12,7 @@ from shared_data import shared_path
 from transformers import AutoTokenizer
 
 from baldro_pl.datamodules import PromptFormat, TOFUDataModule, load_tofu_split
-from baldro_pl.datamodules.formatting import IGNORE_INDEX
+from baldro_pl.labels import IGNORE_INDEX
 
 
 def _check_answer_only(sample, tokenizer, prompt_ids: list[int], answer: str) -> None:

@@ -75,7 +75,7 @@ def main(rank: int, world_size: int, out: str, model_dir: str, n_metric_rows: in
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from baldro_pl.metrics.distributed import shard_indices
+        from baldro_pl.distributed import shard_indices
         from baldro_pl.metrics.tofu import evaluate_tofu
 
         shard = shard_indices(n_metric_rows, rank, world_size)

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from baldro_pl.datamodules.formatting import PromptFormat, encode_completion, encode_qa
+from baldro_pl.forward import logits_to_keep_for
 from baldro_pl.metrics.likelihood import batch_scores, gradnorm_scores, score_samples, vocab_statistics
-from baldro_pl.objectives.logprobs import logits_to_keep_for, token_logprobs
+from baldro_pl.objectives.logprobs import token_logprobs
 
 QUESTIONS = [
     ("Where was Jaime Vasquez born?", "Jaime Vasquez was born in Santiago, Chile."),

@@ -153,7 +153,7 @@ def test_sample_mean_skips_nan_and_errors() -> None:
 def test_shards_match_distributed_sampler(n: int, world: int) -> None:
     from torch.utils.data import DistributedSampler
 
-    from baldro_pl.metrics.distributed import shard_indices
+    from baldro_pl.distributed import shard_indices
 
     shards = [shard_indices(n, rank, world) for rank in range(world)]
     for rank, shard in enumerate(shards):

@@ -65,7 +65,7 @@ class ToyUnlearningData(pl.LightningDataModule):
 
 def mean_avg_nll(model, samples, pad_id: int) -> float:
     """Mean over samples of the per-token NLL of the answer."""
-    from baldro_pl.objectives import forward_logprobs
+    from baldro_pl.forward import forward_logprobs
 
     batch = pad_samples(samples, pad_id)
     with torch.no_grad():
