@@ -421,10 +421,10 @@ class BaldroCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """``fit --ckpt_path last``: the latest checkpoint of the same run, and that run's log folder."""
-        if self.subcommand == "fit":
+        if self.subcommand == "fit" and self.config["fit"].get("ckpt_path") == "last":
             _resolve_last_checkpoint(self.config["fit"])
             path = self.config["fit"].get("ckpt_path")
-            if is_local_checkpoint_path(path):
+            if is_local_checkpoint_path(path):  # an explicit path was checked already, in _parse_ckpt_path
                 check_checkpoint_file(path, for_resume=True)
 
     def instantiate_classes(self) -> None:

@@ -15,8 +15,9 @@ from types import SimpleNamespace
 import lightning.pytorch as pl
 import pytest
 import torch
+from capture_logger import CaptureLogger
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, RichProgressBar, TQDMProgressBar
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from baldro_pl.metrics.callbacks import EvaluationRecord, TOFUEvaluation
 from baldro_pl.run_output import (
@@ -86,28 +87,6 @@ def _trainer(tmp_path, callbacks, **kwargs) -> pl.Trainer:
         limit_val_batches=0,
         **kwargs,
     )
-
-
-class CaptureLogger(Logger):
-    """Keeps every ``log_metrics`` call."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple[int | None, dict]] = []
-
-    @property
-    def name(self) -> str:
-        return "capture"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_hyperparams(self, params, *args, **kwargs) -> None:
-        pass
-
-    def log_metrics(self, metrics, step=None) -> None:
-        self.calls.append((step, dict(metrics)))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import json
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.loggers import Logger
+from capture_logger import CaptureLogger
 from torch.utils.data import DataLoader
 
 from baldro_pl.datamodules import PadCollator, PromptFormat, encode_qa
@@ -18,28 +18,6 @@ from baldro_pl.metrics.tofu import TOFU_METRICS
 
 N_ROWS = 4
 TOKENS = 3
-
-
-class CaptureLogger(Logger):
-    """Keeps every ``log_metrics`` call."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple[int | None, dict]] = []
-
-    @property
-    def name(self) -> str:
-        return "capture"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_hyperparams(self, params, *args, **kwargs) -> None:
-        pass
-
-    def log_metrics(self, metrics, step=None) -> None:
-        self.calls.append((step, dict(metrics)))
 
 
 class StubModule(pl.LightningModule):

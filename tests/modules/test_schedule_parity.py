@@ -18,7 +18,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
-from toy_task import RETAIN_QA, ToyUnlearningData
+from toy_task import RETAIN_QA, ToyUnlearningData, quiet_trainer
 
 from baldro_pl.datamodules import PromptFormat, encode_qa, pad_samples
 from baldro_pl.modules import FinetuneModule, UnlearningModule
@@ -108,22 +108,6 @@ class _StepRecorder(pl.Callback):
         self.lrs.append(optimizer.param_groups[0]["lr"])
 
 
-def _trainer(tmp_path, **kwargs) -> pl.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-        deterministic=True,
-    )
-    defaults.update(kwargs)
-    return pl.Trainer(**defaults)
-
-
 def _expected_lrs(lr: float, warmup: int, total: int) -> list[float]:
     """transformers' get_linear_schedule_with_warmup, read before each of the ``total`` steps."""
     return [
@@ -153,7 +137,7 @@ def test_fit_takes_the_schedules_steps_and_warmup(
     module = FinetuneModule(tiny_llama(len(tok)), learning_rate=1e-3, warmup_epochs=1.0, schedule=schedule)
     module.tokenizer = tok
     recorder = _StepRecorder()
-    trainer = _trainer(tmp_path, max_epochs=EPOCHS, accumulate_grad_batches=ACCUMULATE, callbacks=[recorder])
+    trainer = quiet_trainer(tmp_path, max_epochs=EPOCHS, accumulate_grad_batches=ACCUMULATE, callbacks=[recorder])
     trainer.fit(module, train_dataloaders=loader)
 
     assert (trainer.global_step, recorder.micro_batches) == (steps, micro_batches)
@@ -183,20 +167,20 @@ def test_hf_trainer_schedule_resumes_like_an_uninterrupted_run(people_tokenizer,
     initial = tiny_llama(len(tok), seed=3)
     settings = dict(max_epochs=3, accumulate_grad_batches=3)
     full = _module(copy.deepcopy(initial), tok)
-    full_trainer = _trainer(tmp_path / "full", **settings)
+    full_trainer = quiet_trainer(tmp_path / "full", **settings)
     full_trainer.fit(full, datamodule=ToyUnlearningData(tok, batch_size=2))
     assert full_trainer.global_step == 3 and full.step_plan == (3, 1)  # warm-up: 4 batches // 3 (no rows known)
 
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     first = _module(copy.deepcopy(initial), tok)
-    interrupted = _trainer(
+    interrupted = quiet_trainer(
         tmp_path / "a", enable_checkpointing=True, callbacks=[_StopAfterFirstEpoch(), ckpt], **settings
     )
     interrupted.fit(first, datamodule=ToyUnlearningData(tok, batch_size=2))
     assert (interrupted.current_epoch, interrupted.global_step) == (1, 1)
 
     resumed = _module(copy.deepcopy(initial), tok)
-    resumed_trainer = _trainer(tmp_path / "b", **settings)
+    resumed_trainer = quiet_trainer(tmp_path / "b", **settings)
     resumed_trainer.fit(resumed, datamodule=ToyUnlearningData(tok, batch_size=2), ckpt_path=ckpt.last_model_path)
     assert resumed_trainer.global_step == 3
     for (name, a), (_, b) in zip(full.model.named_parameters(), resumed.model.named_parameters()):

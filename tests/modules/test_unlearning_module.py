@@ -8,27 +8,11 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from toy_task import ToyUnlearningData, mean_avg_nll
+from toy_task import ToyUnlearningData, mean_avg_nll, quiet_trainer
 
 from baldro_pl.modules import FinetuneModule, UnlearningModule
 from baldro_pl.objectives import KL, NLL, NPO, BalDRODV, BalDROG, GradAscent, SatImp, SimNPO
 from baldro_pl.toy import tiny_llama
-
-
-def _trainer(tmp_path, **kwargs) -> pl.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-        deterministic=True,
-    )
-    defaults.update(kwargs)
-    return pl.Trainer(**defaults)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +24,7 @@ def target_model(people_tokenizer, tmp_path_factory):
     module = FinetuneModule(model, learning_rate=3e-3, warmup_epochs=0)
     module.tokenizer = tok
     data = ToyUnlearningData(tok, batch_size=8, mode="finetune")
-    _trainer(tmp_path_factory.mktemp("ft"), max_epochs=60).fit(module, datamodule=data)
+    quiet_trainer(tmp_path_factory.mktemp("ft"), max_epochs=60).fit(module, datamodule=data)
     return module.model
 
 
@@ -65,7 +49,7 @@ def test_npo_baldro_dv_forgets_the_forget_set_and_keeps_the_rest(target_model, p
         warmup_epochs=0,
     )
     module.tokenizer = tok
-    _trainer(tmp_path, max_epochs=10).fit(module, datamodule=data)
+    quiet_trainer(tmp_path, max_epochs=10).fit(module, datamodule=data)
     model = module.model.eval()
     forget_rise = mean_avg_nll(model, data.forget, tok.pad_token_id) - before_forget
     retain_rise = mean_avg_nll(model, data.retain, tok.pad_token_id) - before_retain
@@ -91,11 +75,11 @@ class _StopAfterFirstEpoch(pl.Callback):
 def test_resume_from_checkpoint_equals_uninterrupted_run(target_model, people_tokenizer, tmp_path, monkeypatch) -> None:
     tok = people_tokenizer
     full = _unlearning_module(copy.deepcopy(target_model), tok)
-    _trainer(tmp_path / "full", max_epochs=3).fit(full, datamodule=ToyUnlearningData(tok))
+    quiet_trainer(tmp_path / "full", max_epochs=3).fit(full, datamodule=ToyUnlearningData(tok))
 
     first = _unlearning_module(copy.deepcopy(target_model), tok)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    interrupted = _trainer(
+    interrupted = quiet_trainer(
         tmp_path / "a", max_epochs=3, enable_checkpointing=True, callbacks=[_StopAfterFirstEpoch(), ckpt]
     )
     interrupted.fit(first, datamodule=ToyUnlearningData(tok))
@@ -107,7 +91,7 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(target_model, people_to
     monkeypatch.setattr(UnlearningModule, "build_reference_cache", lambda self: calls.append(1) or original(self))
     # a fresh module from the *initial* weights: everything must come from the checkpoint
     resumed = _unlearning_module(copy.deepcopy(target_model), tok)
-    _trainer(tmp_path / "b", max_epochs=3).fit(
+    quiet_trainer(tmp_path / "b", max_epochs=3).fit(
         resumed, datamodule=ToyUnlearningData(tok), ckpt_path=ckpt.last_model_path
     )
 
@@ -144,7 +128,7 @@ def test_kl_retain_trains_and_leaves_the_reference_untouched(tiny_model, people_
     module = UnlearningModule(model, GradAscent(), None, KL(), learning_rate=1e-3, warmup_epochs=0)
     module.tokenizer = tok
     before = copy.deepcopy(model.state_dict())
-    _trainer(tmp_path, max_steps=2).fit(module, datamodule=ToyUnlearningData(tok))
+    quiet_trainer(tmp_path, max_steps=2).fit(module, datamodule=ToyUnlearningData(tok))
     for name, value in module.reference_model.state_dict().items():
         torch.testing.assert_close(value, before[name], rtol=0, atol=0)
     assert any(not torch.equal(p, before[n]) for n, p in module.model.state_dict().items())
