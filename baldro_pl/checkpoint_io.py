@@ -20,17 +20,21 @@ from typing import Any
 
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from baldro_pl.files import write_atomic
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """:class:`TorchCheckpointIO` whose local saves are atomic: the checkpoint file holds either its old content or
-    all of the new one, whatever fails (a full disk, a killed process) while it is written."""
+    """:class:`TorchCheckpointIO` whose local saves are atomic.
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+    The checkpoint file holds either its old content or all of the new one, whatever fails (a full disk, a killed
+    process) while it is written.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None
+    ) -> None:
         """Write ``checkpoint`` to ``path`` through a temporary file in the same folder, then rename it."""
         if storage_options is not None or not _is_local(path):
             super().save_checkpoint(checkpoint, path, storage_options)
@@ -38,15 +42,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         write_atomic(os.fspath(path), lambda f: torch.save(checkpoint, f))
 
 
-def _is_local(path: _PATH) -> bool:
+def _is_local(path: str | os.PathLike) -> bool:
     from fsspec.implementations.local import LocalFileSystem
 
     return isinstance(get_filesystem(path), LocalFileSystem)
 
 
 def use_atomic_checkpoints(trainer: Any) -> bool:
-    """Give ``trainer``'s strategy an :class:`AtomicCheckpointIO` when it uses Lightning's plain
-    :class:`TorchCheckpointIO` (a CheckpointIO chosen by the user is kept). Returns whether it was installed."""
+    """Give ``trainer``'s strategy an :class:`AtomicCheckpointIO`; returns whether it was installed.
+
+    Only when the strategy uses Lightning's plain :class:`TorchCheckpointIO`: a CheckpointIO chosen by the user is kept.
+    """
     strategy = trainer.strategy
     if type(strategy.checkpoint_io) is not TorchCheckpointIO:
         return False

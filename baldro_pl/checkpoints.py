@@ -142,6 +142,8 @@ def check_checkpoint_file(
     Returns None for a sharded directory (its weights are checked by Lightning when loaded).
 
     Args:
+        path: the ``.ckpt`` file or sharded checkpoint directory.
+        what: how messages name it (``checkpoint``, ``--ckpt_path``...).
         for_resume: the checkpoint must hold the optimizer state (``fit`` resumes training from it).
 
     Raises:
@@ -197,9 +199,11 @@ def check_weights_match(
     """Refuse a checkpoint whose weights do not fit the model: missing or unexpected names, or different shapes.
 
     Args:
+        path: the checkpoint, for messages.
         weights: the checkpoint's weights, by name (tensors or anything with ``shape``).
         expected: the model's weight shapes, by the same names.
         model: what the model is, for the message (its source).
+        what: how messages name the checkpoint.
 
     Raises:
         CheckpointError: one line with the counts and the first differences.

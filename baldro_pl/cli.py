@@ -1,6 +1,6 @@
 """The ``baldro-pl`` command: LightningCLI's ``fit`` / ``validate`` / ``test`` plus ``demo``, ``summarize``, ``export``.
 
-    baldro-pl fit --config configs/tofu/npo_dv.yaml --model.init_args.model ./tofu_target
+    baldro-pl fit -c configs/tofu/base.yaml -c configs/tofu/method/npo_dv.yaml --model.init_args.model ./tofu_target
     baldro-pl test --config configs/tofu/eval.yaml --model.init_args.model ./unlearned-hf
     baldro-pl demo
     baldro-pl summarize TOFU_EVAL.json --reference retain90/TOFU_EVAL.json

@@ -63,7 +63,7 @@ OPTIMIZER_HINT = (
     "warmup_epochs, warmup_steps, lr_schedule, optimizer_state_dtype"
 )
 #: Modules whose classes the help lists as known subclasses of --model, --data and --trainer.callbacks.
-HELP_MODULES = ("baldro_pl.modules", "baldro_pl.datamodules", "baldro_pl.callbacks", "baldro_pl.metrics.callbacks")
+HELP_MODULES = ("baldro_pl.modules", "baldro_pl.datamodules", "baldro_pl.callbacks", "baldro_pl.metrics")
 
 
 # ------------------------------------------------------------------------------------------------ one-line messages
@@ -369,6 +369,7 @@ class SaveConfigAndVersions(SaveConfigCallback):
     """Lightning's ``config.yaml`` of the run plus ``versions.json`` (library versions), in the log directory."""
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Write ``config.yaml`` into the run's log folder (rank 0), as Lightning's ``SaveConfigCallback`` does."""
         # Lightning calls save_config on rank 0 only: no collective here (trainer.log_dir is one; issue 8)
         log_dir = rank_zero_log_dir(trainer)
         if log_dir is None or not trainer.is_global_zero:
@@ -393,12 +394,17 @@ class WorkStarted(Callback):
 
 
 class BaldroCLI(LightningCLI):
-    """LightningCLI with the datamodule's tokenizer linked to the model's, the HParams table filled, and the checks
-    and one-line errors described in :mod:`baldro_pl.cli_lightning`."""
+    """LightningCLI for baldro-pl's modules, datamodules and callbacks.
+
+    Adds: the datamodule's tokenizer linked to the model's, the HParams table filled, and the checks and one-line
+    errors described in :mod:`baldro_pl.cli_lightning`.
+    """
 
     def _set_seed(self) -> None:
-        """LightningCLI's seeding, without its "Seed set to" line (the seed is in config.yaml), and an out-of-range
-        seed refused in one line."""
+        """LightningCLI's seeding, without its "Seed set to" line (the seed is in config.yaml).
+
+        An out-of-range seed is refused in one line.
+        """
         from lightning.fabric.utilities.seed import seed_everything
 
         config_seed = self._get(self.config, "seed_everything")
@@ -471,8 +477,11 @@ class BaldroCLI(LightningCLI):
         self._prepare_run()
 
     def _run_subcommand(self, subcommand: str) -> None:
-        """Lightning's, plus: an input error met before any work in one line; a version folder this run created
-        and left without results removed when it fails before any work."""
+        """Lightning's, plus one-line input errors and no empty version folder left behind.
+
+        An input error met before any work is said in one line; a version folder this run created and left without
+        results is removed when it fails before any work.
+        """
         work = WorkStarted()
         self.trainer.callbacks.insert(0, work)
         created = _new_log_dirs(self.trainer)
@@ -488,8 +497,10 @@ class BaldroCLI(LightningCLI):
             raise
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Lightning's trainer (settings it would accept out of range refused first), with the process-group timeout
-        of ``--pg_timeout`` on its DDP/FSDP strategy."""
+        """Lightning's trainer, with the process-group timeout of ``--pg_timeout`` on its DDP/FSDP strategy.
+
+        Settings Lightning would accept out of range are refused first.
+        """
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         check_trainer_settings(config.get("trainer"))
         trainer = super().instantiate_trainer(**kwargs)
@@ -566,8 +577,11 @@ def check_writable(directory: str | os.PathLike, setting: str) -> None:
 
 
 def _new_log_dirs(trainer: Trainer) -> list[list[Path]]:
-    """For each TensorBoard/CSV logger (rank 0): its log folder (``<save_dir>/<name>/version_<n>``) and the parents
-    up to ``save_dir`` that do not exist yet, deepest first; empty when the log folder exists (a resumed run)."""
+    """The log folders (and their new parents) that this run's loggers are about to create.
+
+    For each TensorBoard/CSV logger (rank 0): its log folder (``<save_dir>/<name>/version_<n>``) and the parents up to
+    ``save_dir`` that do not exist yet, deepest first; empty when the log folder exists (a resumed run).
+    """
     if not trainer.is_global_zero:
         return []
     found: list[list[Path]] = []
@@ -591,8 +605,10 @@ def _only_setup_files(folder: Path) -> bool:
 
 
 def _remove_unfinished(created: list[list[Path]]) -> None:
-    """Remove the log folders this run created when they hold only what a run writes before any work, then the
-    parents it created if they are left empty."""
+    """Remove the log folders this run created when they hold only what a run writes before any work.
+
+    The parents it created are removed too if they are left empty.
+    """
     for folders in created:
         if not folders or not folders[0].is_dir() or not _only_setup_files(folders[0]):
             continue

@@ -12,6 +12,10 @@ Layout of the output directory (default ``outputs/demo``)::
     comparison.csv           the comparison tables: one row per (method, metric), full precision
     summary.md               the same tables in Markdown, with where everything is
 
+The unlearning settings (learning rate, epochs, batch, NPO's beta, alpha, gamma, the DV aggregator, the evaluation's
+generation budget) are read from ``configs/demo.yaml`` (:data:`DEMO_CONFIG`, or ``--config``), the file that
+``baldro-pl fit -c configs/demo.yaml`` runs, so that the two cannot drift apart.
+
 CPU threads: torch's intra-op thread count follows the cores that other processes leave free
 (:mod:`baldro_pl.threads`), so that a busy neighbour does not stall the demo; ``--threads N`` or ``OMP_NUM_THREADS``
 fix it instead.
@@ -23,7 +27,9 @@ import csv
 import io
 import logging
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from baldro_pl.datamodules.formatting import PromptFormat
 from baldro_pl.datamodules.synthetic import generate_synthetic_tofu, synthetic_texts, write_synthetic_tofu
@@ -67,16 +73,94 @@ def prepare_demo(out_dir: str | Path = "outputs/demo", seed: int = DEMO_SEED) ->
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The whole demo. The unlearning settings below are the ones of configs/demo.yaml (a test keeps the two in step).
+# The whole demo. The fine-tuning settings are the demo's own; the unlearning ones come from configs/demo.yaml.
 FINETUNE = {"learning_rate": 2e-3, "batch_size": 16, "epochs": 30}
-UNLEARN = {"learning_rate": 3e-4, "batch_size": 8, "epochs": 5, "beta": 0.1, "alpha": 1.0}
+#: The unlearning settings of ``baldro-pl demo``: ``configs/demo.yaml`` of the source tree (an editable install).
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 METHODS = {
-    "npo": ("NPO", lambda: Mean()),
-    "npo_group": ("NPO + BalDRO-G (ratio 0.5)", lambda: BalDROG(ratio=0.5)),
-    "npo_dv": ("NPO + BalDRO-DV (temperature 1, hard)", lambda: BalDRODV(temperature=1.0)),
+    "npo": ("NPO", lambda settings: Mean()),
+    "npo_group": ("NPO + BalDRO-G (ratio 0.5)", lambda settings: BalDROG(ratio=0.5)),
+    "npo_dv": ("NPO + BalDRO-DV (temperature 1, hard)", lambda settings: BalDRODV(**settings.dv)),
 }
 TABLE_ROWS = list(HEADLINE_ROWS["TOFU"])
-EVAL_MAX_NEW_TOKENS = 32  # the synthetic answers are a dozen tokens; the published TOFU budget is 200
+
+
+@dataclass(frozen=True)
+class UnlearnSettings:
+    """The unlearning and evaluation settings the demo takes from ``configs/demo.yaml``.
+
+    Attributes:
+        learning_rate, weight_decay, warmup_epochs, lr_schedule, gamma, alpha: ``model.init_args``.
+        beta: ``model.init_args.forget_loss.init_args.beta`` (NPO).
+        retain_per: ``model.init_args.retain_loss.init_args.per`` (NLL).
+        dv: ``model.init_args.aggregator.init_args``, the BalDRO-DV of the ``npo_dv`` method.
+        batch_size, forget_split: ``data.init_args``.
+        epochs: ``trainer.max_epochs``.
+        max_new_tokens: the evaluation suite's (``suite.init_args`` of the last of ``trainer.callbacks``).
+        every_n_epochs: the evaluation callback's.
+    """
+
+    learning_rate: float
+    weight_decay: float
+    warmup_epochs: float
+    lr_schedule: str
+    gamma: float
+    alpha: float
+    beta: float
+    retain_per: str
+    dv: dict[str, Any]
+    batch_size: int
+    forget_split: str
+    epochs: int
+    max_new_tokens: int
+    every_n_epochs: int
+
+
+def load_settings(path: str | Path | None = None) -> UnlearnSettings:
+    """Read the demo's unlearning settings from ``path`` (default :data:`DEMO_CONFIG`).
+
+    Raises:
+        FileNotFoundError: the file does not exist (a wheel install carries no configs/: give ``--config``).
+        ValueError: a setting the demo needs is missing or the file is not a YAML mapping.
+    """
+    import yaml
+
+    path = Path(DEMO_CONFIG if path is None else path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"demo config {path} not found: `baldro-pl demo` reads configs/demo.yaml of a source checkout "
+            "(pip install -e .); give another with --config FILE"
+        )
+    config = yaml.safe_load(path.read_text())
+
+    def get(*keys: str | int) -> Any:
+        value: Any = config
+        for key in keys:
+            try:
+                value = value[key]
+            except (KeyError, IndexError, TypeError):
+                name = ".".join(str(k) for k in keys)
+                raise ValueError(f"demo config {path}: {name} is missing (see configs/demo.yaml)") from None
+        return value
+
+    model, data = ("model", "init_args"), ("data", "init_args")
+    evaluation = ("trainer", "callbacks", -1, "init_args")
+    return UnlearnSettings(
+        learning_rate=float(get(*model, "learning_rate")),
+        weight_decay=float(get(*model, "weight_decay")),
+        warmup_epochs=float(get(*model, "warmup_epochs")),
+        lr_schedule=get(*model, "lr_schedule"),
+        gamma=float(get(*model, "gamma")),
+        alpha=float(get(*model, "alpha")),
+        beta=float(get(*model, "forget_loss", "init_args", "beta")),
+        retain_per=get(*model, "retain_loss", "init_args", "per"),
+        dv=dict(get(*model, "aggregator", "init_args")),
+        batch_size=int(get(*data, "batch_size")),
+        forget_split=get(*data, "forget_split"),
+        epochs=int(get("trainer", "max_epochs")),
+        max_new_tokens=int(get(*evaluation, "suite", "init_args", "max_new_tokens")),
+        every_n_epochs=int(get(*evaluation, "every_n_epochs")),
+    )
 
 
 def _trainer(out: Path, name: str, epochs: int, callbacks: list | None = None):
@@ -102,8 +186,11 @@ def _trainer(out: Path, name: str, epochs: int, callbacks: list | None = None):
 
 
 def _finetune_hparams():
-    """A callback that puts a fine-tuning run into TensorBoard's HParams table, with its last training loss as the
-    metric (``hp/train_loss``); the unlearning runs get theirs from :class:`~baldro_pl.callbacks.HParamsTable`."""
+    """A callback that puts a fine-tuning run into TensorBoard's HParams table.
+
+    Its metric is the run's last training loss (``hp/train_loss``); the unlearning runs get theirs from
+    :class:`~baldro_pl.callbacks.HParamsTable`.
+    """
     from lightning.pytorch import Callback
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -141,8 +228,11 @@ def _finetune(out: Path, source: Path, train_file: Path, target: Path, name: str
 
 
 def _training_file(data: Path, split: str) -> Path:
-    """``split`` plus the utility sets' QA pairs: the tiny model learns its "general knowledge" alongside the
-    authors (a pretrained model brings it from pretraining; without it model utility would be 0 by construction)."""
+    """Write ``split`` plus the utility sets' QA pairs as one training file, and return its path.
+
+    The tiny model learns its "general knowledge" alongside the authors (a pretrained model brings it from
+    pretraining; without it model utility would be 0 by construction).
+    """
     import json
 
     target = data.parent / f"train_{split}.jsonl"
@@ -172,25 +262,22 @@ def _quiet_reference_notes():
         logger.removeFilter(drop)
 
 
-def _evaluate(model_dir: Path, data: Path, retain_log: Path | None):
+def _evaluate(model_dir: Path, data: Path, retain_log: Path | None, settings: UnlearnSettings | None = None):
     from transformers import AutoModelForCausalLM
 
     from baldro_pl.datamodules import TOFUDataModule
-    from baldro_pl.metrics import evaluate_tofu
+    from baldro_pl.metrics import TOFUSuite
 
-    dm = TOFUDataModule(data_dir=str(data), forget_split="forget10", tokenizer=str(model_dir))
+    settings = settings or load_settings()
+    dm = TOFUDataModule(data_dir=str(data), forget_split=settings.forget_split, tokenizer=str(model_dir))
     dm.setup("test")
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    suite = TOFUSuite(
+        retain_logs_path=None if retain_log is None else str(retain_log), max_new_tokens=settings.max_new_tokens
+    )
+    suite.connect(encoder=dm.encoder, forget_split=dm.forget_split)
     with _quiet_reference_notes():
-        return evaluate_tofu(
-            model,
-            dm.tokenizer,
-            dm.evaluation_rows(),
-            prompt_format=dm.prompt_format,
-            retain_logs_path=None if retain_log is None else str(retain_log),
-            forget_split="forget10",
-            max_new_tokens=EVAL_MAX_NEW_TOKENS,
-        )
+        return suite.evaluate(model, dm.evaluation_rows())
 
 
 COLUMNS = ("target", "unlearned", "retain")
@@ -216,8 +303,11 @@ RETAIN_NOTE = (
 
 
 def comparison_csv(summaries: dict[str, dict], methods: list[str]) -> str:
-    """``comparison.csv``: one row per (method, metric) with the target's, the unlearned model's and the retain
-    model's value, full precision (``repr`` of the float; an empty cell where there is no value)."""
+    """Return ``comparison.csv``: one row per (method, metric).
+
+    Each row holds the target's, the unlearned model's and the retain model's value, full precision (``repr`` of the
+    float; an empty cell where there is no value).
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["method", "method_label", "metric", "description", *COLUMNS])
@@ -248,14 +338,23 @@ def run_demo(
     seed: int = DEMO_SEED,
     methods: list[str] | None = None,
     threads: int | None = None,
+    config: str | Path | None = None,
 ) -> dict:
-    """Fine-tune, then unlearn with NPO, NPO + BalDRO-G and NPO + BalDRO-DV; print one table per method and write
-    them as ``comparison.csv`` and ``summary.md``; keep each unlearned model under ``models/unlearned/<method>``.
+    """Fine-tune, then unlearn with NPO, NPO + BalDRO-G and NPO + BalDRO-DV.
 
-    ``threads``: torch's intra-op thread count; None follows the free cores (:class:`baldro_pl.threads.CPUThreads`:
-    ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` fix it if set). The count found at the start is put back at the end.
+    Prints one table per method and writes them as ``comparison.csv`` and ``summary.md``; keeps each unlearned model
+    under ``models/unlearned/<method>``.
 
-    Returns the summaries: ``{"target": ..., "retain": ..., <method>: ...}``.
+    Args:
+        out_dir: where everything is written.
+        seed: the seed of the synthetic data, the tiny model and training.
+        methods: which of :data:`METHODS` to run (default: all).
+        threads: torch's intra-op thread count; None follows the free cores (:class:`baldro_pl.threads.CPUThreads`:
+            ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` fix it if set). The count found at the start is put back.
+        config: the unlearning settings (default :data:`DEMO_CONFIG`, configs/demo.yaml; :func:`load_settings`).
+
+    Returns:
+        The summaries: ``{"target": ..., "retain": ..., <method>: ...}``.
     """
     from baldro_pl.threads import CPUThreads
 
@@ -263,21 +362,23 @@ def run_demo(
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"demo: unknown methods {unknown}; choose from {list(METHODS)}")
+    settings = load_settings(config)
     cpu_threads = CPUThreads(threads)
     try:
-        return _run_demo(Path(out_dir), seed, methods, cpu_threads)
+        return _run_demo(Path(out_dir), seed, methods, cpu_threads, settings)
     finally:
         cpu_threads.restore()
 
 
-def _run_demo(out: Path, seed: int, methods: list[str], cpu_threads) -> dict:
+def _run_demo(out: Path, seed: int, methods: list[str], cpu_threads, settings: UnlearnSettings) -> dict:
     import time
 
     import torch
 
     from baldro_pl.callbacks import HFExport, HParamsTable
     from baldro_pl.datamodules import TOFUDataModule
-    from baldro_pl.metrics import TOFUEvaluation, write_json_atomic
+    from baldro_pl.metrics import Evaluation, TOFUSuite
+    from baldro_pl.metrics.logs import eval_log_path, write_evaluation
     from baldro_pl.modules import UnlearningModule
     from baldro_pl.objectives import NLL, NPO
     from baldro_pl.run_output import configure_console_output
@@ -306,11 +407,11 @@ def _run_demo(out: Path, seed: int, methods: list[str], cpu_threads) -> dict:
         retain = _finetune(out, base, retain90, models / "retain", "retain", epochs, [adaptive])
         step(4, "evaluating the retain model (the reference of forget quality) and the target model")
         cpu_threads.update()
-        retain_result = _evaluate(retain, data, None)
-        retain_log = write_json_atomic(out / "eval" / "retain" / "TOFU_EVAL.json", retain_result.logs)
-        write_json_atomic(out / "eval" / "retain" / "TOFU_SUMMARY.json", retain_result.summary)
+        retain_result = _evaluate(retain, data, None, settings)
+        retain_folder = write_evaluation(out / "eval" / "retain", "TOFU", retain_result.logs, retain_result.summary)
+        retain_log = eval_log_path(retain_folder, "TOFU")
         cpu_threads.update()
-        summaries = {"retain": retain_result.summary, "target": _evaluate(target, data, retain_log).summary}
+        summaries = {"retain": retain_result.summary, "target": _evaluate(target, data, retain_log, settings).summary}
         step(5, "unlearning the target's forget10 with " + ", ".join(METHODS[m][0] for m in methods))
         unlearned: dict[str, Path] = {}
         logs: dict[str, str] = {}
@@ -319,26 +420,31 @@ def _run_demo(out: Path, seed: int, methods: list[str], cpu_threads) -> dict:
             print(f"\n--- {label}", flush=True)
             module = UnlearningModule(
                 str(target),
-                NPO(beta=UNLEARN["beta"]),
-                aggregator(),
-                NLL(),
-                alpha=UNLEARN["alpha"],
-                learning_rate=UNLEARN["learning_rate"],
-                warmup_epochs=0.0,
+                NPO(beta=settings.beta),
+                aggregator(settings),
+                NLL(per=settings.retain_per),
+                gamma=settings.gamma,
+                alpha=settings.alpha,
+                learning_rate=settings.learning_rate,
+                weight_decay=settings.weight_decay,
+                warmup_epochs=settings.warmup_epochs,
+                lr_schedule=settings.lr_schedule,
             )
             dm = TOFUDataModule(
-                data_dir=str(data), forget_split="forget10", tokenizer=str(target), batch_size=UNLEARN["batch_size"]
+                data_dir=str(data),
+                forget_split=settings.forget_split,
+                tokenizer=str(target),
+                batch_size=settings.batch_size,
             )
-            evaluation = TOFUEvaluation(
-                retain_logs_path=str(retain_log),
-                every_n_epochs=UNLEARN["epochs"],
+            evaluation = Evaluation(
+                TOFUSuite(retain_logs_path=str(retain_log), max_new_tokens=settings.max_new_tokens),
+                every_n_epochs=settings.every_n_epochs,
                 eval_on_start=False,
-                max_new_tokens=EVAL_MAX_NEW_TOKENS,
             )
             unlearned[name] = models / "unlearned" / name
             export = HFExport(dirpath=str(unlearned[name]), overwrite=True)
             callbacks = [adaptive, evaluation, HParamsTable(), export]
-            trainer = _trainer(out, f"unlearn_{name}", UNLEARN["epochs"], callbacks=callbacks)
+            trainer = _trainer(out, f"unlearn_{name}", settings.epochs, callbacks=callbacks)
             trainer.fit(module, datamodule=dm)
             summaries[name] = evaluation.last_result.summary
             logs[name] = str(trainer.log_dir)
@@ -369,7 +475,7 @@ def _run_demo(out: Path, seed: int, methods: list[str], cpu_threads) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``baldro-pl demo [--output-dir DIR] [--seed N] [--methods npo npo_group npo_dv] [--threads N]``."""
+    """``baldro-pl demo [--output-dir DIR] [--seed N] [--methods npo npo_group npo_dv] [--threads N] [--config F]``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="baldro-pl demo", description=__doc__.split("\n\n")[0])
@@ -385,8 +491,15 @@ def main(argv: list[str] | None = None) -> int:
         help="torch's CPU threads (default: one per core other processes leave free, re-measured every second; "
         "OMP_NUM_THREADS fixes it too)",
     )
+    parser.add_argument(
+        "--config",
+        default=str(DEMO_CONFIG),
+        help="the unlearning settings: a YAML laid out as configs/demo.yaml (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
-    run_demo(args.output_dir, args.seed, args.methods, threads=args.threads)
+    if not Path(args.config).is_file():
+        parser.error(f"--config: demo config {args.config} not found (configs/demo.yaml of a source checkout)")
+    run_demo(args.output_dir, args.seed, args.methods, threads=args.threads, config=args.config)
     return 0
 
 

@@ -1,5 +1,7 @@
-"""Distributed glue in one place: rank and world, sharding rows over processes, gathering Python objects, the
-process-group timeout and rank-0-only paths (FSDP specifics live in :mod:`baldro_pl.strategies`).
+"""Distributed glue in one place (FSDP specifics live in :mod:`baldro_pl.strategies`).
+
+Rank and world, sharding rows over processes, gathering ragged tensors and Python objects, the process-group timeout
+and rank-0-only paths.
 
 Evaluation sharding: every process evaluates a disjoint shard of the rows, padded with repeats exactly like
 ``torch.utils.data.DistributedSampler(shuffle=False, drop_last=False)``, so that all processes run the same number of
@@ -20,10 +22,13 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import torch
 import torch.distributed as dist
+from torch import Tensor
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -107,3 +112,66 @@ def all_gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world
     dist.all_gather_object(out, obj)
     return out
+
+
+AllGather = Callable[[Tensor], Tensor]
+"""An all-gather of one tensor: ``[world, *shape]`` (or ``shape`` itself in one process), such as
+``LightningModule.all_gather`` or :func:`all_gather_tensor`."""
+
+
+def all_gather_tensor(tensor: Tensor) -> Tensor:
+    """``[world, *shape]``: ``tensor`` of every rank, stacked (``tensor[None]`` without a process group).
+
+    Collective under a process group: every rank calls it with a tensor of the same shape and dtype (on the device
+    of the group's backend: CUDA for NCCL, CPU for gloo).
+
+    >>> all_gather_tensor(torch.tensor([1, 2])).tolist()
+    [[1, 2]]
+    """
+    _, world = rank_world()
+    if world == 1:
+        return tensor.unsqueeze(0)
+    parts = [torch.empty_like(tensor) for _ in range(world)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.stack(parts)
+
+
+def gather_ragged(*tensors: Tensor, all_gather: AllGather | None = None) -> tuple[Tensor, ...]:
+    """All-gather per-rank tensors whose first dimension differs between ranks, concatenated in rank order.
+
+    Every tensor of one call has the same length ``n_r`` on rank ``r`` (rows of one table, e.g. dataset index, NLL
+    and token count of each sample scored on that rank); the result is rank 0's rows, then rank 1's, and so on, on
+    every rank. The lengths are gathered first, each tensor is padded with zeros to the longest, gathered and the
+    padding dropped, so any dtype and trailing shape works and no row value is reserved as padding.
+
+    Args:
+        *tensors: ``[n_r, ...]`` tensors of this rank (same ``n_r`` for all of them).
+        all_gather: the strategy's all-gather (``LightningModule.all_gather``, so that it works under any Lightning
+            strategy); default :func:`all_gather_tensor` (``torch.distributed``'s default group).
+
+    Returns:
+        ``[sum_r n_r, ...]`` tensors, one per input; the inputs themselves in one process.
+
+    Raises:
+        ValueError: the tensors of one rank differ in length.
+
+    >>> index, value = gather_ragged(torch.tensor([3, 1]), torch.tensor([0.5, 0.25]))  # one process: unchanged
+    >>> index.tolist(), value.tolist()
+    ([3, 1], [0.5, 0.25])
+    """
+    if not tensors:
+        return ()
+    n = tensors[0].shape[0]
+    if any(t.shape[0] != n for t in tensors):
+        raise ValueError(f"gather_ragged: the tensors differ in length on this rank: {[t.shape[0] for t in tensors]}")
+    gather = all_gather_tensor if all_gather is None else all_gather
+    counts = gather(torch.tensor([n], device=tensors[0].device)).reshape(-1).tolist()
+    if len(counts) == 1:
+        return tensors
+    width = max(counts)
+    out = []
+    for t in tensors:
+        padded = torch.cat([t, t.new_zeros((width - n, *t.shape[1:]))]) if width > n else t
+        stacked = gather(padded.contiguous()).reshape(len(counts), width, *t.shape[1:])
+        out.append(torch.cat([stacked[r, :c] for r, c in enumerate(counts)]))
+    return tuple(out)

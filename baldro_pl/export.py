@@ -56,10 +56,10 @@ def load_lightning_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     checkpoint = check_checkpoint_file(path)
     if checkpoint is not None:
         return checkpoint
-    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+    from baldro_pl.strategies import load_sharded_checkpoint
 
     try:
-        checkpoint = _load_distributed_checkpoint(path)
+        checkpoint = load_sharded_checkpoint(path)
     except Exception as err:
         raise CheckpointError(f"checkpoint {path}: the sharded checkpoint cannot be read ({err})") from err
     if "model" in checkpoint and "state_dict" not in checkpoint:
@@ -98,7 +98,9 @@ def export_checkpoint(
             before the checkpoint is read).
         model: the model source the run started from (default: the checkpoint's ``model`` hyperparameter).
         tokenizer: tokenizer source (default: the checkpoint's ``tokenizer`` hyperparameter, else the model source).
-        gguf_file / pad_token: as for the modules (default: from the checkpoint's hyperparameters).
+        gguf_file: GGUF file inside the model source, as for the modules (default: from the checkpoint's
+            hyperparameters).
+        pad_token: pad token to set, as for the modules (default: from the checkpoint's hyperparameters).
         dtype: save in this dtype (``float32``/``bfloat16``; default: as stored in the checkpoint).
     """
     import torch

@@ -30,8 +30,10 @@ def current_umask() -> int:
 
 
 def plain_open_mode(path: str | os.PathLike) -> int:
-    """Permission bits ``open(path, "w")`` leaves on ``path``: an existing file keeps its own, a new one gets
-    ``0o666 & ~umask`` (``rw-r--r--`` under the usual umask 022)."""
+    """Permission bits ``open(path, "w")`` leaves on ``path``.
+
+    An existing file keeps its own, a new one gets ``0o666 & ~umask`` (``rw-r--r--`` under the usual umask 022).
+    """
     try:
         return stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
@@ -71,10 +73,13 @@ def _fsync_directory(folder: Path) -> None:
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> Path:
-    """Write ``path`` with ``write(binary file)`` through a temporary file in the same folder, flushed to disk, then
-    ``os.replace``: ``path`` holds either its old content or all of the new one (a full disk or any other error
-    leaves no partial file under ``path``, and the temporary file is removed). The file gets the permissions a plain
-    ``open`` would give (see :func:`plain_open_mode`); the parent folder is created. Returns ``path``."""
+    """Write ``path`` with ``write(binary file)`` atomically; returns ``path``.
+
+    The content goes through a temporary file in the same folder, flushed to disk, then ``os.replace``: ``path`` holds
+    either its old content or all of the new one (a full disk or any other error leaves no partial file under
+    ``path``, and the temporary file is removed). The file gets the permissions a plain ``open`` would give (see
+    :func:`plain_open_mode`); the parent folder is created.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = plain_open_mode(path)

@@ -31,8 +31,10 @@ def logits_to_keep_for(labels: Tensor, ignore_index: int = IGNORE_INDEX) -> int:
 def teacher_forced_logits(
     model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor, *, all_positions: bool = False
 ) -> Tensor:
-    """Logits of one teacher-forced forward pass (no KV cache), from the earliest target position of ``labels`` on
-    (:func:`logits_to_keep_for`), or at every position with ``all_positions`` (prompt and padding included).
+    """Logits of one teacher-forced forward pass (no KV cache).
+
+    From the earliest target position of ``labels`` on (:func:`logits_to_keep_for`), or at every position with
+    ``all_positions`` (prompt and padding included).
 
     Returns:
         ``[B, L, V]``; ``logits[:, j]`` belongs to sequence position ``T - L + j`` (what

@@ -108,8 +108,10 @@ def _jsonl(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _build_base(splits: Mapping[str, list[dict]], base: Path, *, vocab_size: int, model: Mapping[str, int], seed: int):
-    """Tokenizer trained on the set (prompts included) + a randomly initialised tiny Llama, as the demo's base model;
-    written to a temporary folder and renamed into place."""
+    """Tokenizer trained on the set (prompts included) + a randomly initialised tiny Llama, as the demo's base model.
+
+    Written to a temporary folder and renamed into place.
+    """
     tokenizer = train_tokenizer(synthetic_texts(splits, PromptFormat.llama2_chat()), vocab_size=vocab_size)
     config = dict(model)
     config.setdefault("intermediate_size", 4 * config["hidden_size"])
@@ -161,7 +163,9 @@ def prepare_heterogeneity(
         out_dir: the folder (created; other content in it is left alone).
         seed: seed of the data, of the stratum draw and of the base model's initialisation.
         strata: repeat counts of the forget strata (``forget10``'s authors must split evenly).
-        n_authors / qa_per_author / n_utility: sizes of the synthetic set (:func:`generate_synthetic_tofu`).
+        n_authors: number of synthetic authors (:func:`generate_synthetic_tofu`).
+        qa_per_author: question-answer pairs per author.
+        n_utility: rows of each utility split (real authors, world facts; 1 to 44).
         vocab_size: size of the BPE tokenizer.
         model: the tiny Llama's config (:func:`baldro_pl.toy.tiny_llama` arguments; default :data:`MODEL`).
         overwrite: replace a set made with other arguments instead of raising.

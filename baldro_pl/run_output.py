@@ -74,8 +74,10 @@ def _schedule(callback: Any) -> str:
 
 
 def suite_summaries(trainer: pl.Trainer, stage: str) -> tuple[list[SuiteSummary], list[str]]:
-    """The summaries of the trainer's evaluation callbacks for the run just finished, and notes about callbacks that
-    did not evaluate (e.g. a ``fit`` shorter than ``every_n_epochs``)."""
+    """The summaries of the trainer's evaluation callbacks for the run just finished.
+
+    Also returns notes about callbacks that did not evaluate (e.g. a ``fit`` shorter than ``every_n_epochs``).
+    """
     summaries: list[SuiteSummary] = []
     idle: list[str] = []
     for callback in trainer.callbacks:
@@ -146,8 +148,11 @@ def render_markdown(summaries: Sequence[SuiteSummary], stage: str, log_dir: str 
 
 
 def render_csv(summaries: Sequence[SuiteSummary]) -> str:
-    """``summary.csv``: one row per (suite, metric), one column per evaluation of the run (every evaluation, not only
-    the two the table shows), full precision; an empty cell where an evaluation has no value."""
+    """``summary.csv``: one row per (suite, metric), one column per evaluation of the run.
+
+    Every evaluation, not only the two the table shows, at full precision; an empty cell where an evaluation has no
+    value.
+    """
     tags = list(dict.fromkeys(r.tag for s in summaries for r in s.records))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -164,9 +169,10 @@ def render_csv(summaries: Sequence[SuiteSummary]) -> str:
 
 
 class RunSummary(Callback):
-    """At the end of ``fit`` / ``validate`` / ``test``: print the evaluation's headline numbers as one compact table
-    and write it as ``summary.csv`` and ``summary.md`` in the run's log folder (rank 0, each file atomically; a later
-    stage logging into the same folder replaces them).
+    """At the end of ``fit`` / ``validate`` / ``test``: print the evaluation's headline numbers as one compact table.
+
+    It also writes the table as ``summary.csv`` and ``summary.md`` in the run's log folder (rank 0, each file
+    atomically; a later stage logging into the same folder replaces them).
 
     The table has one column per evaluation shown (``fit``: the first and the last, e.g. ``start`` and ``epoch_9``;
     ``test``: ``test``) and the suite's headline rows (:data:`TABLE_ROWS`) that the evaluation reported; ``-`` marks a
@@ -238,8 +244,10 @@ def _bar_metrics(trainer: pl.Trainer) -> dict[str, str]:
 
 
 class PlainProgressBar(ProgressBar):
-    """Lightning progress for output that is not a terminal: one line every ``interval_s`` seconds and at every epoch
-    end, each complete on its own (no carriage returns), so a log file shows progress as it happens::
+    """Lightning progress for output that is not a terminal.
+
+    One line every ``interval_s`` seconds and at every epoch end, each complete on its own (no carriage returns), so
+    a log file shows progress as it happens::
 
         fit: 10 epochs, 130 optimiser steps (52 batches per epoch); a line every 30 s and at each epoch end
         epoch 1/10  step 4/130  loss 3.21  0.21 steps/s  elapsed 0:00:19  ETA 0:10:00

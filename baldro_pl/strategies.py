@@ -16,12 +16,18 @@ full parameters during evaluation (see :func:`model_call_context`).
   memory as if nothing were frozen: pytorch #104690);
 * activation checkpointing of the same decoder layers (instead of Hugging Face's own; never both);
 * an explicit gradient-reduction dtype (Lightning's ``bf16-*`` presets reduce gradients in bf16).
+
+Private Lightning and torch APIs: every use in baldro-pl is in this file, each marked ``PRIVATE API`` with why it
+is needed and the versions it was checked against (lightning 2.6.6, torch 2.13.0). A Lightning or torch upgrade
+should start by re-reading these places; the CPU FSDP tests (``tests/distributed``) exercise each of them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -132,17 +138,23 @@ class HFFSDPStrategy(FSDPStrategy):
 
     def _setup_model(self, model: nn.Module) -> nn.Module:
         """Wrap with the policies resolved from the model (Lightning's ``_setup_model``, plus CPU devices)."""
+        # PRIVATE API (lightning 2.6.6): FSDPStrategy._setup_model is the one place where the wrap policy meets the
+        # model; the policy depends on the model's own classes, which a constructor argument cannot know yet.
+        # _move_torchmetrics_to_device and _setup_activation_checkpointing are the two helpers Lightning's own
+        # _setup_model calls after wrapping; reusing them keeps this override identical to Lightning's elsewhere.
         from lightning.fabric.strategies.fsdp import _move_torchmetrics_to_device, _setup_activation_checkpointing
         from torch.distributed.fsdp import FullyShardedDataParallel
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
         layers = decoder_layer_classes(model, self.layer_names)
         if self.activation_checkpointing_layers:
+            # PRIVATE API (lightning 2.6.6): the attribute __init__ fills from activation_checkpointing_policy
             self._activation_checkpointing_kwargs = {"auto_wrap_policy": ModuleWrapPolicy(layers)}
         if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
             # a second stage on the same module (trainer.test after trainer.fit): keep the existing wrapping
             _move_torchmetrics_to_device(model, self.root_device)
             return model
+        # FSDPStrategy.kwargs (public attribute, lightning 2.6.6) holds the extra FullyShardedDataParallel arguments
         self.kwargs["auto_wrap_policy"] = ModuleWrapPolicy(layers | root_model_classes(model))
         # Lightning passes device_id=None on CPU, which torch's FSDP refuses; an explicit CPU device works (gloo),
         # which lets the FSDP path run in CPU tests.
@@ -170,6 +182,8 @@ def prepare_direct_calls(strategy_model: nn.Module | None) -> None:
     """
     from torch.distributed.fsdp import FullyShardedDataParallel
 
+    # PRIVATE API (torch 2.13.0): FSDP1 has no public way to initialise the root early; _is_root is None until
+    # _lazy_init has run, and _lazy_init(root, root) is exactly what the root's first forward calls.
     if isinstance(strategy_model, FullyShardedDataParallel) and strategy_model._is_root is None:
         from torch.distributed.fsdp._runtime_utils import _lazy_init
 
@@ -237,8 +251,11 @@ def full_module_state_dict(trainer: pl.Trainer) -> dict[str, torch.Tensor]:
 
 
 def clip_gradients_fsdp_aware(pl_module: pl.LightningModule, optimizer, clip_val, algorithm) -> None:
-    """Norm clipping under FSDP through FSDP's own ``clip_grad_norm_`` (the norm over all shards: Lightning's FSDP
-    precision plugin refuses norm clipping); elsewhere, and for value clipping, Lightning's ``clip_gradients``."""
+    """Clip gradients by norm over all FSDP shards, or as Lightning does elsewhere.
+
+    Under FSDP norm clipping goes through FSDP's own ``clip_grad_norm_`` (the norm over all shards: Lightning's FSDP
+    precision plugin refuses norm clipping); elsewhere, and for value clipping, Lightning's ``clip_gradients``.
+    """
     from torch.distributed.fsdp import FullyShardedDataParallel
 
     wrapped = pl_module.trainer.strategy.model
@@ -246,3 +263,15 @@ def clip_gradients_fsdp_aware(pl_module: pl.LightningModule, optimizer, clip_val
         wrapped.clip_grad_norm_(clip_val)
         return
     pl_module.clip_gradients(optimizer, clip_val, algorithm)
+
+
+def load_sharded_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a sharded (FSDP distributed-checkpoint) directory into one full, CPU checkpoint dict.
+
+    Used by ``baldro-pl export`` on the ``state_dict_type: sharded`` checkpoints that :class:`HFFSDPStrategy` writes.
+    """
+    # PRIVATE API (lightning 2.6.6): Lightning's own loader of a distributed-checkpoint folder into a plain dict
+    # (torch.distributed.checkpoint's format_utils with Lightning's key layout); there is no public equivalent.
+    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+
+    return _load_distributed_checkpoint(Path(path))

@@ -24,8 +24,10 @@ TABLE_ROWS: dict[str, tuple[tuple[str, str], ...]] = {
 
 
 def format_value(value: float | None) -> str:
-    """A number as the demo's table shows it: ``-`` for none, 2-digit scientific below 1e-3 or from 1e4, else 4
-    decimals."""
+    """A number as the demo's table shows it.
+
+    ``-`` for none, 2-digit scientific below 1e-3 or from 1e4, else 4 decimals.
+    """
     if value is None:
         return "-"
     if isinstance(value, float) and value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e4):

@@ -49,8 +49,10 @@ def usable_cpus() -> int:
 
 
 def user_thread_count(environ: dict[str, str] | None = None) -> int | None:
-    """The thread count the user set through ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` (the first that is a positive
-    integer), else None."""
+    """The thread count the user set through ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS``, else None.
+
+    The first of the two that is a positive integer counts.
+    """
     environ = os.environ if environ is None else environ
     for name in THREAD_ENV:
         value = environ.get(name, "").strip()
@@ -60,9 +62,11 @@ def user_thread_count(environ: dict[str, str] | None = None) -> int | None:
 
 
 def threads_for(others: float, cpus: int, max_threads: int) -> int:
-    """Intra-op threads for ``cpus`` CPUs of which other processes use ``others`` cores: one per core they leave
-    free, between 1 and ``max_threads``. A core counts as taken from ``SLACK_CORES`` of use on (a sibling thread
-    that shares its core with another process stalls the whole pool)."""
+    """Intra-op threads for ``cpus`` CPUs of which other processes use ``others`` cores.
+
+    One per core they leave free, between 1 and ``max_threads``. A core counts as taken from ``SLACK_CORES`` of use
+    on (a sibling thread that shares its core with another process stalls the whole pool).
+    """
     taken = max(0, math.ceil(others - SLACK_CORES))
     return max(1, min(max_threads, cpus - taken))
 
@@ -131,8 +135,10 @@ class OtherLoad:
         return math.inf if self._last is None else self.clock() - self._last[0]
 
     def read(self) -> float | None:
-        """Cores used by other processes since the previous reading (never below 0); None without ``/proc/stat``
-        or when no time has passed."""
+        """Cores used by other processes since the previous reading (never below 0).
+
+        None without ``/proc/stat`` or when no time has passed.
+        """
         now = self._sample()
         last, self._last = self._last, now
         if now is None or last is None or now[0] <= last[0]:
@@ -211,8 +217,10 @@ class CPUThreads:
 
 
 class AdaptiveThreads(Callback):
-    """Lightning callback: :meth:`CPUThreads.update` before every training, validation, test and predict batch, and
-    the thread count found at the start put back when the stage ends. For CPU runs; on an accelerator it changes
+    """Lightning callback that follows the free CPU cores with the intra-op thread count.
+
+    :meth:`CPUThreads.update` runs before every training, validation, test and predict batch, and the thread count
+    found at the start is put back when the stage ends. For CPU runs; on an accelerator it changes
     nothing that matters (only the host's threads).
 
     Args:

@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from baldro_pl.datamodules.collate import pad_samples  # noqa: E402
+from baldro_pl.datamodules.encoder import RowEncoder  # noqa: E402
 from baldro_pl.datamodules.formatting import EncodedSample, PromptFormat, encode_prompt, encode_qa  # noqa: E402
 from baldro_pl.metrics.functional import (  # noqa: E402
     forget_quality,
@@ -44,7 +45,7 @@ from baldro_pl.metrics.functional import (  # noqa: E402
     rouge_score,
 )
 from baldro_pl.metrics.generation import decode, reference_text, truncate_generation  # noqa: E402
-from baldro_pl.metrics.tofu import evaluate_tofu  # noqa: E402
+from baldro_pl.metrics.tofu import TOFUSuite  # noqa: E402
 
 IGNORE = -100
 SPLIT_FILES = {
@@ -175,12 +176,15 @@ class PublicEvaluatorPattern:
 
     # ---- metrics (src/evals/metrics/memorization.py, privacy.py, mia/*.py, utility.py)
     def probability(self, split, key):
+        """One Prob metric, as the public evaluator computes it (its own pass)."""
         return self._run_batchwise(split, key, self._evaluate_probability)
 
     def rouge(self, split, key):
+        """One ROUGE metric (its own generation pass)."""
         return self._generate_rouge(split, key, self.max_new_tokens)
 
     def truth_ratio(self, correct, wrong, aggregator):
+        """The truth ratio from two Prob results."""
         c = np.array([v["avg_loss"] for v in correct.values()])
         w = np.array([v["avg_loss"] for v in wrong.values()]).mean(-1)
         tr = np.exp(-w) / (np.exp(-c) + 1e-10)
@@ -188,11 +192,14 @@ class PublicEvaluatorPattern:
         return {"agg_value": agg, "scores": tr}
 
     def normalised(self, correct, wrong):
+        """The normalised probability from two Prob results."""
         c = np.array([v["prob"] for v in correct.values()])
         w = np.array([v["prob"] for v in wrong.values()]).sum(-1)
         return float(np.mean(c / (c + w + 1e-10)))
 
     def memorization(self, which):
+        """Exact memorisation or extraction strength (their own pass)."""
+
         def fn(samples):
             out = []
             for log_probs, labels in self._tokenwise(samples, vocab=True):
@@ -264,6 +271,7 @@ class PublicEvaluatorPattern:
             return list(self._run_batchwise(split, "answer", fn).values())
 
     def mia(self, attack):
+        """One MIA attack's AUC (its own passes)."""
         return mia_auc(
             torch.tensor(self._attack_scores("forget", attack), dtype=torch.float64),
             torch.tensor(self._attack_scores("holdout", attack), dtype=torch.float64),
@@ -276,6 +284,7 @@ class PublicEvaluatorPattern:
         return self.cache[name]
 
     def run(self, reference_tr, reference_auc) -> dict[str, float]:
+        """Every metric of the suite, each in its own passes; returns the aggregates."""
         self.model.eval()
         c, out = self._cached, {}
 
@@ -340,6 +349,7 @@ class PublicEvaluatorPattern:
 
 # ---------------------------------------------------------------------------------------------- setup and report
 def load_model(args):
+    """The model, tokenizer and prompt format that ``--model`` names."""
     if args.model == "tiny":
         from baldro_pl.toy import tiny_llama, train_tokenizer
 
@@ -365,12 +375,14 @@ def load_model(args):
 
 
 def count_forwards(model) -> list[int]:
+    """A one-item list counting the model's forward calls."""
     counter = [0]
     model.register_forward_pre_hook(lambda *_: counter.__setitem__(0, counter[0] + 1))
     return counter
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Time both patterns on the same rows and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=None, help="rows per split (default: all)")
     parser.add_argument("--model", default="tiny", help="'tiny' (default), 'smollm2', or a model folder / id")
@@ -401,15 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {"rows": {s: len(r) for s, r in rows.items()}, "model": args.model, "device": args.device}
 
     start = time.perf_counter()
-    fast = evaluate_tofu(
-        model,
-        tok,
-        rows,
-        prompt_format=fmt,
-        retain_logs_path=reference,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-    )
+    suite = TOFUSuite(retain_logs_path=reference, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    fast = suite.connect(encoder=RowEncoder(tok, fmt, 512)).evaluate(model, rows)
     report["baldro_pl_s"], report["baldro_pl_forwards"] = time.perf_counter() - start, counter[0]
     counter[0] = 0
     if not args.skip_baseline:

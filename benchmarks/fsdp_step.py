@@ -57,9 +57,11 @@ class RandomTokens(pl.LightningDataModule):
         ]
 
     def train_dataloader(self) -> DataLoader:
+        """The pre-built batches, one per step."""
         return DataLoader(self.batches, batch_size=None)
 
     def reference_dataloader(self) -> list[dict[str, torch.Tensor]]:
+        """The forget sides, for the reference cache."""
         return [b["forget"] for b in self.batches]
 
 
@@ -70,17 +72,20 @@ class Timer(pl.Callback):
         self.times: list[float] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        """Start the clock (after the device is idle)."""
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Stop the clock (after the device is idle)."""
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.times.append(time.perf_counter() - self._start)
 
 
 def run_one(args: argparse.Namespace) -> dict:
+    """Fit the configured model for ``args.steps`` steps; median step time and peak memory."""
     hidden, layers, heads, kv, inter, vocab = SIZES["tiny" if args.tiny else "1b"]
     model_dir = Path(args.workdir) / "model"
     if not (model_dir / "config.json").exists():
@@ -132,6 +137,7 @@ def run_one(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
+    """Parse the command line; run each strategy in its own process and print one table row per strategy."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=8, help="forget and retain rows per step")

@@ -25,6 +25,7 @@ from pathlib import Path
 import lightning.pytorch  # noqa: F401  (imported here, its log handler writes to the real stderr, not a test's capture)
 import pytest
 import torch
+from presets import preset_args
 
 from baldro_pl.checkpoints import CheckpointError, check_checkpoint_for_module
 from baldro_pl.cli import InputError, main
@@ -55,7 +56,7 @@ def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list
 
 # ---------------------------------------------------------------------------------------------- settings out of range
 def _preset(name: str) -> list[str]:
-    return ["fit", "-c", str(CONFIGS / name)]
+    return ["fit", *preset_args(name)]
 
 
 # (preset, option, value, full key, what the line says after "<key>: ") for every numeric setting of the presets
@@ -279,7 +280,7 @@ def test_fit_help_lists_the_baldro_classes_and_no_optimizer(capsys) -> None:
         "baldro_pl.modules.FinetuneModule",
         "baldro_pl.datamodules.TOFUDataModule",
         "baldro_pl.datamodules.MUSEDataModule",
-        "baldro_pl.metrics.TOFUEvaluation",
+        "baldro_pl.metrics.Evaluation",
     ):
         assert name in out, name
 
@@ -331,9 +332,9 @@ def _demo_args(demo: dict[str, Path], save_dir: Path, command: str = "fit") -> l
         "false",
         "--trainer.limit_val_batches",
         "0",
-        "--trainer.callbacks.init_args.retain_logs_path",
+        "--trainer.callbacks.init_args.suite.init_args.retain_logs_path",
         "null",
-        "--trainer.callbacks.init_args.metrics",
+        "--trainer.callbacks.init_args.suite.init_args.metrics",
         "[forget_Q_A_Prob]",
     ]
 

@@ -1,6 +1,8 @@
 """The YAML presets under configs/ and the ``baldro-pl`` command that runs them (docs/presets.md).
 
-* every file parses with the CLI (``--print_config``), the strategy files composed after a TOFU preset;
+* every preset parses with the CLI (``--print_config``), the strategy files composed after a TOFU preset; the
+  unlearning presets are composed (``-c base.yaml [-c corpus.yaml] -c method/<name>.yaml``, tests/presets.py) and
+  resolve to the values of the single-file presets they replaced;
 * the unlearning presets build the objective objects of the parity mapping (tests/objectives/test_reference_parity.py)
   with the reference hyperparameters, without loading a model (hub names are resolved only when a model is loaded);
 * ``baldro-pl fit -c configs/demo.yaml`` trains a few steps on the demo's tiny model, and
@@ -22,11 +24,12 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from presets import preset_args
 
 from baldro_pl.callbacks import HFExport
 from baldro_pl.cli import lightning_cli, main
 from baldro_pl.datamodules import FinetuneDataModule, MUSEDataModule, TOFUDataModule
-from baldro_pl.metrics.callbacks import MUSEEvaluation, TOFUEvaluation
+from baldro_pl.metrics import Evaluation, MUSESuite, TOFUSuite
 from baldro_pl.metrics.muse import MUSE_METRICS
 from baldro_pl.metrics.tofu import TOFU_METRICS
 from baldro_pl.modules import CausalLMModule, FinetuneModule, UnlearningModule
@@ -39,20 +42,29 @@ TOFU_RETAIN_LOG = "saves/eval/tofu_Llama-2-7b-chat-hf_retain90/TOFU_EVAL.json"
 
 STRATEGY_FILES = ["strategy/ddp.yaml", "strategy/fsdp.yaml"]
 EVAL_PRESETS = ["tofu/eval.yaml", "muse/eval_news.yaml", "muse/eval_books.yaml"]
-TRAIN_PRESETS = [
-    "demo.yaml",
-    "tofu/finetune_target.yaml",
-    "tofu/finetune_retain.yaml",
-    *(f"tofu/{m}.yaml" for m in ("npo", "npo_group", "npo_dv", "simnpo", "simnpo_group", "simnpo_dv")),
-    *(f"tofu/{m}.yaml" for m in ("satimp", "satimp_group", "satimp_dv")),
-    *(f"tofu/{m}_release.yaml" for m in ("npo_dv", "npo_group", "simnpo_dv", "satimp_dv")),
-    "muse/news_npo.yaml",
-    "muse/news_npo_group.yaml",
-    "muse/news_npo_dv.yaml",
-    "muse/news_npo_dv_release.yaml",
-    "muse/books_npo_dv.yaml",
-    "muse/books_npo_dv_release.yaml",
+# the composed unlearning presets, named by their method file (tests/presets.py gives the files of each)
+TOFU_NAMES = [
+    *("npo", "npo_group", "npo_dv", "simnpo", "simnpo_group", "simnpo_dv", "satimp", "satimp_group", "satimp_dv"),
+    *(f"{m}_release" for m in ("npo_dv", "npo_group", "simnpo_dv", "satimp_dv")),
 ]
+MUSE_NAMES = [
+    "news_npo",
+    "news_npo_group",
+    "news_npo_dv",
+    "news_npo_dv_release",
+    "books_npo_dv",
+    "books_npo_dv_release",
+]
+COMPOSED_PRESETS = [f"tofu/{m}" for m in TOFU_NAMES] + [f"muse/{m}" for m in MUSE_NAMES]
+COMPOSED_FILES = [
+    "tofu/base.yaml",
+    *(f"tofu/method/{m}.yaml" for m in TOFU_NAMES),
+    "muse/base.yaml",
+    "muse/news.yaml",
+    "muse/books.yaml",
+    *(f"muse/method/{m}.yaml" for m in MUSE_NAMES),
+]
+TRAIN_PRESETS = ["demo.yaml", "tofu/finetune_target.yaml", "tofu/finetune_retain.yaml", *COMPOSED_PRESETS]
 COMPLETE_PRESETS = TRAIN_PRESETS + EVAL_PRESETS
 
 
@@ -62,6 +74,11 @@ def _rel(path: Path) -> str:
 
 def _command(preset: str) -> str:
     return "test" if preset in EVAL_PRESETS else "fit"
+
+
+def _config_args(preset: str) -> list[str]:
+    """``--config`` arguments of a preset: one file, or the files a composed preset is made of."""
+    return preset_args(preset) if preset in COMPOSED_PRESETS else ["--config", str(CONFIGS / preset)]
 
 
 def _print_config(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
@@ -75,7 +92,7 @@ def _print_config(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict[s
 
 def _build(preset: str, *extra: str):
     """``BaldroCLI(args=..., run=False)``: model, datamodule and trainer instantiated; nothing is loaded or run."""
-    return lightning_cli(["--config", str(CONFIGS / preset), *extra], run=False)
+    return lightning_cli([*_config_args(preset), *extra], run=False)
 
 
 def _callback(trainer, cls):
@@ -106,12 +123,13 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def test_configs_folder_holds_exactly_the_listed_presets() -> None:
     # configs/study/ holds `baldro-pl study` specs, not fit/test configs (tests/study/test_study_spec.py checks them)
     found = sorted(_rel(p) for p in CONFIGS.rglob("*.yaml") if not _rel(p).startswith("study/"))
-    assert found == sorted(COMPLETE_PRESETS + STRATEGY_FILES)
+    standalone = [p for p in COMPLETE_PRESETS if p not in COMPOSED_PRESETS]
+    assert found == sorted(standalone + COMPOSED_FILES + STRATEGY_FILES)
 
 
 @pytest.mark.parametrize("preset", COMPLETE_PRESETS)
 def test_preset_parses_with_print_config(preset: str, capsys: pytest.CaptureFixture[str]) -> None:
-    config = _print_config([_command(preset), "--config", str(CONFIGS / preset)], capsys)
+    config = _print_config([_command(preset), *_config_args(preset)], capsys)
     assert config["model"]["class_path"].startswith("baldro_pl.modules.")
     assert config["data"]["class_path"].startswith("baldro_pl.datamodules.")
     assert config["seed_everything"] == 0
@@ -119,7 +137,7 @@ def test_preset_parses_with_print_config(preset: str, capsys: pytest.CaptureFixt
     assert logger["class_path"] == "lightning.pytorch.loggers.TensorBoardLogger"
     assert logger["init_args"]["name"] != "baldro", "each preset names its TensorBoard runs"
     callbacks = [c["class_path"] for c in config["trainer"]["callbacks"] or []]
-    evaluation = [c for c in callbacks if c.endswith(("TOFUEvaluation", "MUSEEvaluation"))]
+    evaluation = [c for c in callbacks if c.endswith("Evaluation")]
     if evaluation:
         # `--trainer.callbacks.init_args.<arg>` edits the last callback: docs/presets.md relies on this order
         assert callbacks[-1] == evaluation[0]
@@ -127,7 +145,7 @@ def test_preset_parses_with_print_config(preset: str, capsys: pytest.CaptureFixt
 
 @pytest.mark.parametrize("strategy", STRATEGY_FILES)
 def test_strategy_file_composes_after_a_preset(strategy: str, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["fit", "-c", str(CONFIGS / "tofu/npo_dv.yaml"), "-c", str(CONFIGS / strategy)]
+    args = ["fit", *preset_args("tofu/npo_dv"), "-c", str(CONFIGS / strategy)]
     config = _print_config(args, capsys)
     trainer, model = config["trainer"], config["model"]["init_args"]
     assert trainer["devices"] == "auto"
@@ -151,7 +169,7 @@ def test_strategy_file_composes_after_a_preset(strategy: str, capsys: pytest.Cap
 
 def test_ddp_strategy_file_instantiates(in_tmp: Path) -> None:
     cli = _build(
-        "tofu/npo_dv.yaml", "--config", str(CONFIGS / "strategy/ddp.yaml"), "--trainer.accelerator", "cpu",
+        "tofu/npo_dv", "--config", str(CONFIGS / "strategy/ddp.yaml"), "--trainer.accelerator", "cpu",
         "--trainer.devices", "1",
     )  # fmt: skip
     assert type(cli.trainer.strategy).__name__ == "DDPStrategy"
@@ -159,7 +177,7 @@ def test_ddp_strategy_file_instantiates(in_tmp: Path) -> None:
 
 def test_fsdp_strategy_file_instantiates(in_tmp: Path) -> None:
     cli = _build(
-        "tofu/npo_dv.yaml", "--config", str(CONFIGS / "strategy/fsdp.yaml"), "--trainer.accelerator", "cpu",
+        "tofu/npo_dv", "--config", str(CONFIGS / "strategy/fsdp.yaml"), "--trainer.accelerator", "cpu",
         "--trainer.devices", "1", "--trainer.precision", "32-true",
     )  # fmt: skip
     assert type(cli.trainer.strategy).__name__ == "HFFSDPStrategy"
@@ -250,7 +268,7 @@ def _check_reference_training(cli, method: Method) -> None:
 @pytest.mark.parametrize("name", list(TOFU_METHODS))
 def test_tofu_unlearning_preset_builds_the_parity_mapping(name: str, in_tmp: Path) -> None:
     method = TOFU_METHODS[name]
-    cli = _build(f"tofu/{name}.yaml")
+    cli = _build(f"tofu/{name}")
     assert isinstance(cli.model, UnlearningModule)
     assert cli.model.model_source == TOFU_TARGET  # a hub name: resolved without the network, loaded later
     _check_objective(cli.model, method)
@@ -264,12 +282,14 @@ def test_tofu_unlearning_preset_builds_the_parity_mapping(name: str, in_tmp: Pat
     assert data.max_length == 512
     assert data.tokenizer_source == TOFU_TARGET  # linked from the model
     assert data.pad_token == "</s>"  # linked from the model
-    evaluation = _callback(cli.trainer, TOFUEvaluation)
-    assert evaluation.retain_logs_path == TOFU_RETAIN_LOG.replace("retain90", splits[1])  # the split's retain model
-    assert evaluation.max_new_tokens == 200
+    evaluation = _callback(cli.trainer, Evaluation)
+    suite = evaluation.suite
+    assert isinstance(suite, TOFUSuite)
+    assert suite.retain_logs_path == TOFU_RETAIN_LOG.replace("retain90", splits[1])  # the split's retain model
+    assert suite.max_new_tokens == 200
     assert evaluation.eval_on_start is name.startswith("npo")  # as the reference scripts set it
-    assert {"forget_quality", "model_utility"} <= set(evaluation.metrics)  # what BalDRO's eval config reports
-    assert set(evaluation.metrics) <= {*TOFU_METRICS, "forget_balance"}  # known names ("forget_balance": an alias)
+    assert {"forget_quality", "model_utility"} <= set(suite.requested_metrics)  # what BalDRO's eval config reports
+    assert set(suite.requested_metrics) <= {*TOFU_METRICS, "forget_balance"}  # known names ("forget_balance": an alias)
     logger = cli.trainer.logger
     assert isinstance(logger, TensorBoardLogger)
     assert logger.name == f"tofu_{name}"
@@ -279,7 +299,7 @@ def test_tofu_unlearning_preset_builds_the_parity_mapping(name: str, in_tmp: Pat
 def test_muse_unlearning_preset_builds_the_parity_mapping(name: str, in_tmp: Path) -> None:
     method = MUSE_METHODS[name]
     split = "News" if name.startswith("news") else "Books"
-    cli = _build(f"muse/{name}.yaml")
+    cli = _build(f"muse/{name}")
     assert cli.model.model_source == f"muse-bench/MUSE-{split}_target"
     _check_objective(cli.model, method)
     _check_reference_training(cli, method)
@@ -293,12 +313,125 @@ def test_muse_unlearning_preset_builds_the_parity_mapping(name: str, in_tmp: Pat
         "raw/retain1.json",
         2048,
     )
-    evaluation = _callback(cli.trainer, MUSEEvaluation)
-    assert cli.trainer.limit_val_batches == 0  # MUSEEvaluation is the per-epoch evaluation
-    assert evaluation.retain_logs_path == f"saves/eval/muse_Llama-2-7b-hf_{split}_retrain/MUSE_EVAL.json"
+    evaluation = _callback(cli.trainer, Evaluation)
+    suite = evaluation.suite
+    assert isinstance(suite, MUSESuite)
+    assert cli.trainer.limit_val_batches == 0  # the MUSE Evaluation is the per-epoch evaluation
+    assert suite.retain_logs_path == f"saves/eval/muse_Llama-2-7b-hf_{split}_retrain/MUSE_EVAL.json"
     headline = {"forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "privleak"}
-    assert set(evaluation.metrics) == headline
+    assert set(suite.requested_metrics) == headline
     assert headline <= set(MUSE_METRICS)
+
+
+# What each composed preset resolves to (base + method, as the CLI parses it), written out as literals: the values of
+# the single-file presets the composition replaced (configs/tofu/<name>.yaml, configs/muse/<name>.yaml before issue 11).
+_TOFU_COMMON = {
+    "seed_everything": 0, "trainer.max_epochs": 10, "trainer.max_steps": -1, "trainer.accumulate_grad_batches": 4,
+    "trainer.precision": "bf16-true", "trainer.gradient_clip_val": 1.0, "model.init_args.learning_rate": 1e-5,
+    "model.init_args.weight_decay": 0.01, "model.init_args.warmup_epochs": 1.0, "model.init_args.lr_schedule": "linear",
+    "model.init_args.schedule": "hf_trainer", "model.init_args.optimizer_state_dtype": "float32",
+    "model.init_args.model": TOFU_TARGET, "data.init_args.batch_size": 8, "data.init_args.eval_batch_size": 32,
+    "data.init_args.forget_split": "forget10", "data.init_args.max_length": 512, "data.init_args.seed": 0,
+    "data.init_args.pairing": "random", "evaluation.eval_on_start": False, "evaluation.every_n_epochs": 1,
+    "evaluation.retain_logs_path": TOFU_RETAIN_LOG, "evaluation.max_new_tokens": 200, "evaluation.batch_size": 32,
+    "model.init_args.alpha": 1.0,
+}  # fmt: skip
+_NPO = {
+    "forget": ("baldro_pl.objectives.NPO", {"beta": 0.1}),
+    "model.init_args.gamma": 1.0,
+    "evaluation.eval_on_start": True,
+}
+_SIMNPO = {"forget": ("baldro_pl.objectives.SimNPO", {"beta": 4.5, "delta": 0.0}), "model.init_args.gamma": 0.125}
+_SATIMP = {
+    "forget": ("baldro_pl.objectives.SatImp", {"beta1": 5.0, "beta2": 1.0}), "model.init_args.gamma": 0.1,
+    "data.init_args.batch_size": 4, "trainer.accumulate_grad_batches": 8,
+}  # fmt: skip
+_MEAN = {"aggregator": ("baldro_pl.objectives.Mean", None)}
+_GROUP = {"aggregator": ("baldro_pl.objectives.BalDROG", {"ratio": 0.5, "subsample_retain": True, "seed": None})}
+_FORGET01 = {
+    "data.init_args.forget_split": "forget01",
+    "evaluation.retain_logs_path": "saves/eval/tofu_Llama-2-7b-chat-hf_retain99/TOFU_EVAL.json",
+}
+
+
+def _dv(emphasis: str, unit: str = "sample") -> dict[str, Any]:
+    args = {"temperature": 1.0, "emphasis": emphasis, "unit": unit, "score": "loss"}
+    return {"aggregator": ("baldro_pl.objectives.BalDRODV", args)}
+
+
+_TOKEN, _SEQUENCE = {"retain_per": "token"}, {"retain_per": "sequence"}
+RESOLVED = {
+    "tofu/npo": {**_TOFU_COMMON, **_NPO, **_MEAN, **_TOKEN},
+    "tofu/npo_group": {**_TOFU_COMMON, **_NPO, **_GROUP, **_TOKEN},
+    "tofu/npo_dv": {**_TOFU_COMMON, **_NPO, **_dv("hard"), **_SEQUENCE},
+    "tofu/npo_dv_release": {**_TOFU_COMMON, **_NPO, **_dv("easy"), **_SEQUENCE, **_FORGET01},
+    "tofu/npo_group_release": {**_TOFU_COMMON, **_NPO, **_GROUP, **_TOKEN, **_FORGET01},
+    "tofu/simnpo": {**_TOFU_COMMON, **_SIMNPO, **_MEAN, **_TOKEN},
+    "tofu/simnpo_group": {**_TOFU_COMMON, **_SIMNPO, **_GROUP, **_TOKEN},
+    "tofu/simnpo_dv": {**_TOFU_COMMON, **_SIMNPO, **_dv("hard"), **_TOKEN},
+    "tofu/simnpo_dv_release": {**_TOFU_COMMON, **_SIMNPO, **_dv("easy"), **_TOKEN},
+    "tofu/satimp": {**_TOFU_COMMON, **_SATIMP, **_MEAN, **_TOKEN},
+    "tofu/satimp_group": {**_TOFU_COMMON, **_SATIMP, **_GROUP, **_TOKEN},
+    "tofu/satimp_dv": {**_TOFU_COMMON, **_SATIMP, **_dv("hard", "token"), **_SEQUENCE},
+    "tofu/satimp_dv_release": {**_TOFU_COMMON, **_SATIMP, **_dv("easy", "token"), **_SEQUENCE},
+}
+_MUSE_COMMON = {
+    **{k: v for k, v in _TOFU_COMMON.items() if k.startswith(("seed", "trainer.", "evaluation.every"))},
+    "trainer.accumulate_grad_batches": 8, "trainer.limit_val_batches": 0, "model.init_args.learning_rate": 5e-5,
+    "model.init_args.weight_decay": 0.0, "model.init_args.warmup_epochs": 0.0,
+    "model.init_args.lr_schedule": "constant",
+    "model.init_args.schedule": "hf_trainer", "model.init_args.optimizer_state_dtype": "float32",
+    "model.init_args.gamma": 1.0, "model.init_args.alpha": 1.0, "data.init_args.batch_size": 4,
+    "data.init_args.eval_batch_size": 16, "data.init_args.max_length": 2048, "data.init_args.seed": 0,
+    "data.init_args.forget_file": "raw/forget.json", "data.init_args.retain_file": "raw/retain1.json",
+    "evaluation.eval_on_start": False, "forget": ("baldro_pl.objectives.NPO", {"beta": 0.1}),
+}  # fmt: skip
+for _corpus, _split in (("news", "News"), ("books", "Books")):
+    _MUSE_CORPUS = {
+        **_MUSE_COMMON, "data.init_args.corpus": _corpus, "model.init_args.model": f"muse-bench/MUSE-{_split}_target",
+        "evaluation.retain_logs_path": f"saves/eval/muse_Llama-2-7b-hf_{_split}_retrain/MUSE_EVAL.json",
+    }  # fmt: skip
+    RESOLVED[f"muse/{_corpus}_npo_dv"] = {**_MUSE_CORPUS, **_dv("hard"), **_SEQUENCE}
+    RESOLVED[f"muse/{_corpus}_npo_dv_release"] = {**_MUSE_CORPUS, **_dv("easy"), **_SEQUENCE}
+    if _corpus == "news":
+        RESOLVED["muse/news_npo"] = {**_MUSE_CORPUS, **_MEAN, **_TOKEN}
+        RESOLVED["muse/news_npo_group"] = {**_MUSE_CORPUS, **_GROUP, **_TOKEN}
+
+
+def _resolved(config: dict[str, Any], key: str) -> Any:
+    model = config["model"]["init_args"]
+    if key in ("forget", "aggregator"):
+        part = model["forget_loss" if key == "forget" else key]
+        return part["class_path"], part.get("init_args")
+    if key == "retain_per":
+        assert model["retain_loss"]["class_path"] == "baldro_pl.objectives.NLL"
+        return model["retain_loss"]["init_args"]["per"]
+    if key.startswith("evaluation."):
+        evaluation = config["trainer"]["callbacks"][-1]["init_args"]
+        name = key.split(".", 1)[1]
+        return evaluation[name] if name in evaluation else evaluation["suite"]["init_args"][name]
+    value = config
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def test_every_composed_preset_has_its_resolved_values() -> None:
+    assert sorted(RESOLVED) == sorted(COMPOSED_PRESETS)
+
+
+@pytest.mark.parametrize("preset", COMPOSED_PRESETS)
+def test_composed_preset_resolves_to_the_values_of_the_file_it_replaced(
+    preset: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _print_config(["fit", *preset_args(preset)], capsys)
+    expected = RESOLVED[preset]
+    assert {key: _resolved(config, key) for key in expected} == expected
+    assert config["trainer"]["logger"]["init_args"]["name"] == preset.replace("/", "_")
+    callbacks = [c["class_path"] for c in config["trainer"]["callbacks"]]
+    assert callbacks[:2] == ["lightning.pytorch.callbacks.ModelCheckpoint", "baldro_pl.callbacks.HFExport"]
+    assert len(callbacks) == 3
+    assert config["trainer"]["callbacks"][0]["init_args"]["save_last"] == "link"
 
 
 def _differing_values(a: Any, b: Any, path: str = "") -> set[str]:
@@ -310,7 +443,9 @@ def _differing_values(a: Any, b: Any, path: str = "") -> set[str]:
     return set() if a == b else {path}
 
 
-@pytest.mark.parametrize("preset", [f"tofu/{m}.yaml" for m in TOFU_METHODS] + [f"muse/{m}.yaml" for m in MUSE_METHODS])
+@pytest.mark.parametrize(
+    "preset", [f"tofu/method/{m}.yaml" for m in TOFU_METHODS] + [f"muse/method/{m}.yaml" for m in MUSE_METHODS]
+)
 def test_reference_dv_presets_say_that_hard_is_the_papers_form(preset: str) -> None:
     text = (CONFIGS / preset).read_text()
     if "emphasis: easy" in text:
@@ -329,7 +464,10 @@ def test_reference_dv_presets_say_that_hard_is_the_papers_form(preset: str) -> N
         # and the paper's form is this preset with the other sign (and, for DrNPO on TOFU, forget10 instead of forget01)
         differ = _differing_values(yaml.safe_load(text), yaml.safe_load((CONFIGS / paper).read_text()))
         allowed = {"model.init_args.aggregator.init_args.emphasis", "trainer.logger.init_args.name"}
-        allowed |= {"data.init_args.forget_split", "trainer.callbacks.2.init_args.retain_logs_path"}
+        allowed |= {"data.init_args.forget_split", "trainer.callbacks.2.init_args.suite"}
+        callbacks = yaml.safe_load(text).get("trainer", {}).get("callbacks") or [{}, {}, {}]
+        suite = callbacks[2].get("init_args", {}).get("suite", {})
+        assert set(suite.get("init_args", {})) <= {"retain_logs_path"}  # the suite differs in its reference log only
         assert "model.init_args.aggregator.init_args.emphasis" in differ
         assert differ <= allowed, differ - allowed
     else:
@@ -361,11 +499,11 @@ def test_eval_preset_builds_a_plain_causal_lm(preset: str, in_tmp: Path) -> None
     assert type(cli.model) is CausalLMModule
     assert cli.model.pad_token == "</s>"
     assert cli.trainer.precision == "bf16-true"
-    suite = TOFUEvaluation if preset.startswith("tofu") else MUSEEvaluation
-    evaluation = _callback(cli.trainer, suite)
+    evaluation = _callback(cli.trainer, Evaluation)
+    assert isinstance(evaluation.suite, TOFUSuite if preset.startswith("tofu") else MUSESuite)
     assert evaluation.on_test is True
-    assert evaluation.metrics is None  # the full suite, as the shipped reference logs
-    assert evaluation.retain_logs_path.startswith("saves/eval/")
+    assert evaluation.suite.requested_metrics is None  # the full suite, as the shipped reference logs
+    assert evaluation.suite.retain_logs_path.startswith("saves/eval/")
 
 
 def test_demo_preset_is_laid_out_for_the_demo_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -379,17 +517,11 @@ def test_demo_preset_is_laid_out_for_the_demo_command(capsys: pytest.CaptureFixt
     assert data["batch_size"] == 8
     assert trainer["logger"]["init_args"]["save_dir"] == "outputs/demo/runs"
     evaluation = trainer["callbacks"][-1]["init_args"]
-    assert evaluation["retain_logs_path"] == "outputs/demo/eval/retain/TOFU_EVAL.json"
-    assert evaluation["max_new_tokens"] == 32
-    # the same settings as `baldro-pl demo`
-    from baldro_pl.demo import EVAL_MAX_NEW_TOKENS, UNLEARN
-
-    assert model["learning_rate"] == UNLEARN["learning_rate"]
-    assert trainer["max_epochs"] == UNLEARN["epochs"] == evaluation["every_n_epochs"]
-    assert data["batch_size"] == UNLEARN["batch_size"]
-    assert model["forget_loss"]["init_args"]["beta"] == UNLEARN["beta"]
-    assert model["alpha"] == UNLEARN["alpha"]
-    assert evaluation["max_new_tokens"] == EVAL_MAX_NEW_TOKENS
+    suite = evaluation["suite"]["init_args"]
+    assert suite["retain_logs_path"] == "outputs/demo/eval/retain/TOFU_EVAL.json"
+    assert suite["max_new_tokens"] == 32
+    # `baldro-pl demo` reads this file (tests/test_demo_outputs.py): one evaluation, after the last epoch
+    assert trainer["max_epochs"] == evaluation["every_n_epochs"]
 
 
 # ---------------------------------------------------------------------------------------------------- the command
@@ -427,9 +559,9 @@ def _demo_fit_args(in_tmp: Path, base: Path, *extra: str) -> list[str]:
         "--trainer.enable_progress_bar",
         "false",
         # the last callback is the evaluation: no retain log in this test, a few cheap metrics, after epoch 0
-        "--trainer.callbacks.init_args.retain_logs_path",
+        "--trainer.callbacks.init_args.suite.init_args.retain_logs_path",
         "null",
-        "--trainer.callbacks.init_args.metrics",
+        "--trainer.callbacks.init_args.suite.init_args.metrics",
         "[forget_Q_A_Prob, forget_truth_ratio]",
         "--trainer.callbacks.init_args.every_n_epochs",
         "1",
@@ -469,8 +601,7 @@ def test_tofu_reference_preset_trains_a_step_on_cpu(name: str, in_tmp: Path) -> 
     code = main(
         [
             "fit",
-            "--config",
-            str(CONFIGS / f"tofu/{name}.yaml"),
+            *preset_args(f"tofu/{name}"),
             "--model.init_args.model",
             str(paths["base"]),
             "--data.init_args.data_dir",
@@ -483,9 +614,9 @@ def test_tofu_reference_preset_trains_a_step_on_cpu(name: str, in_tmp: Path) -> 
             "0",
             "--trainer.enable_progress_bar",
             "false",
-            "--trainer.callbacks.init_args.retain_logs_path",
+            "--trainer.callbacks.init_args.suite.init_args.retain_logs_path",
             "null",
-            "--trainer.callbacks.init_args.metrics",
+            "--trainer.callbacks.init_args.suite.init_args.metrics",
             "[forget_Q_A_Prob]",
             "--trainer.callbacks.init_args.eval_on_start",
             "false",
@@ -517,11 +648,11 @@ def test_tofu_eval_preset_runs_through_the_cli(in_tmp: Path) -> None:
             str(paths["data"]),
             "--trainer.enable_progress_bar",
             "false",
-            "--trainer.callbacks.init_args.retain_logs_path",
+            "--trainer.callbacks.init_args.suite.init_args.retain_logs_path",
             "null",
-            "--trainer.callbacks.init_args.metrics",
+            "--trainer.callbacks.init_args.suite.init_args.metrics",
             metrics,
-            "--trainer.callbacks.init_args.max_new_tokens",
+            "--trainer.callbacks.init_args.suite.init_args.max_new_tokens",
             "8",
         ]
     )
@@ -557,11 +688,11 @@ def test_muse_eval_preset_runs_through_the_cli(in_tmp: Path) -> None:
             "false",
             "--trainer.limit_test_batches",
             "1",
-            "--trainer.callbacks.init_args.retain_logs_path",
+            "--trainer.callbacks.init_args.suite.init_args.retain_logs_path",
             "null",
-            "--trainer.callbacks.init_args.metrics",
+            "--trainer.callbacks.init_args.suite.init_args.metrics",
             "[retain_knowmem_ROUGE]",
-            "--trainer.callbacks.init_args.max_new_tokens",
+            "--trainer.callbacks.init_args.suite.init_args.max_new_tokens",
             "4",
         ]
     )

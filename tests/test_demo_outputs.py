@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from baldro_pl import demo
 from baldro_pl.tables import format_value
@@ -26,19 +27,81 @@ from baldro_pl.tables import format_value
 METHODS = ["npo", "npo_dv"]
 
 
+#: What the shortened demo's copy of configs/demo.yaml changes: one unlearning epoch, evaluated after it, and a
+#: learning rate of its own (the demo must take all three from the file it is given).
+SHORT_LR = 2.5e-4
+
+
+def _short_config(folder: Path) -> Path:
+    config = yaml.safe_load(demo.DEMO_CONFIG.read_text())
+    config["trainer"]["max_epochs"] = 1
+    config["trainer"]["callbacks"][-1]["init_args"]["every_n_epochs"] = 1
+    config["model"]["init_args"]["learning_rate"] = SHORT_LR
+    path = folder / "demo_short.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory):
     """The shortened demo, run once: (output dir, returned summaries, printed text, threads before, threads after)."""
     out = tmp_path_factory.mktemp("demo")
+    config = _short_config(tmp_path_factory.mktemp("config"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(demo.FINETUNE, "epochs", 1)
-        patch.setitem(demo.UNLEARN, "epochs", 1)
         buffer = io.StringIO()
         patch.setattr("sys.stdout", buffer)
         before = torch.get_num_threads()
-        summaries = demo.run_demo(out, methods=METHODS)
+        summaries = demo.run_demo(out, methods=METHODS, config=config)
         after = torch.get_num_threads()
     return out, summaries, buffer.getvalue(), before, after
+
+
+def test_demo_takes_its_unlearning_settings_from_the_yaml(demo_run) -> None:
+    out, _, _, _, _ = demo_run
+    for method in METHODS:
+        run = out / "runs" / f"unlearn_{method}" / "version_0"
+        assert yaml.safe_load((run / "hparams.yaml").read_text())["learning_rate"] == SHORT_LR
+        assert (run / "epoch_0" / "TOFU_EVAL.json").is_file()  # max_epochs 1, evaluated every epoch
+        assert not list(run.glob("epoch_[1-9]*"))
+
+
+def test_settings_are_configs_demo_yaml() -> None:
+    settings = demo.load_settings()
+    config = yaml.safe_load(demo.DEMO_CONFIG.read_text())
+    model, evaluation = config["model"]["init_args"], config["trainer"]["callbacks"][-1]["init_args"]
+    assert demo.DEMO_CONFIG.is_file()  # found from the package, whatever the working directory
+    assert (settings.learning_rate, settings.alpha, settings.gamma) == (
+        model["learning_rate"],
+        model["alpha"],
+        model["gamma"],
+    )
+    assert settings.beta == model["forget_loss"]["init_args"]["beta"]
+    assert settings.dv == model["aggregator"]["init_args"]
+    assert (settings.epochs, settings.batch_size) == (
+        config["trainer"]["max_epochs"],
+        config["data"]["init_args"]["batch_size"],
+    )
+    assert (settings.max_new_tokens, settings.every_n_epochs) == (
+        evaluation["suite"]["init_args"]["max_new_tokens"],
+        evaluation["every_n_epochs"],
+    )
+
+
+def test_missing_or_incomplete_demo_config_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nowhere.yaml"
+    with pytest.raises(FileNotFoundError, match=f"demo config {missing} not found"):
+        demo.load_settings(missing)
+    with pytest.raises(SystemExit) as exc:
+        demo.main(["--config", str(missing)])
+    assert exc.value.code == 2
+    assert f"--config: demo config {missing} not found" in capsys.readouterr().err
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("trainer: {max_epochs: 1}\n")
+    with pytest.raises(ValueError, match="partial.yaml: model.init_args.learning_rate is missing"):
+        demo.load_settings(partial)
 
 
 def test_comparison_csv_holds_every_method_and_metric_at_full_precision(demo_run) -> None:

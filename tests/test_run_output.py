@@ -19,7 +19,8 @@ from capture_logger import CaptureLogger
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from baldro_pl.metrics.callbacks import EvaluationRecord, TOFUEvaluation
+from baldro_pl.metrics import TOFUSuite
+from baldro_pl.metrics.callbacks import Evaluation, EvaluationRecord
 from baldro_pl.run_output import (
     PlainProgressBar,
     RunSummary,
@@ -253,7 +254,7 @@ def test_fit_summary_table_files_and_notes_said_once(tmp_path, run_inputs, caplo
     all three, each value as written in the evaluation's TOFU_SUMMARY.json; the missing forget quality is explained
     once in plain words (not at every evaluation, not as 'are None')."""
     out = io.StringIO()
-    evaluation = TOFUEvaluation(max_new_tokens=TOKENS, every_n_epochs=1, eval_on_start=True)
+    evaluation = Evaluation(TOFUSuite(max_new_tokens=TOKENS), every_n_epochs=1, eval_on_start=True)
     logger = TensorBoardLogger(tmp_path, name="run", default_hp_metric=False)
     trainer = _trainer(tmp_path, [evaluation, RunSummary(stream=out)], max_epochs=2, logger=logger)
     with caplog.at_level(logging.INFO):
@@ -318,7 +319,7 @@ def test_test_prints_each_metric_once(tmp_path, run_inputs, capsys) -> None:
     value in both columns. Now it holds the module's own test/* values; the evaluation's numbers go to the loggers
     and to callback_metrics once, and the summary prints the headline once."""
     logger = CaptureLogger()
-    evaluation = TOFUEvaluation(max_new_tokens=TOKENS, metrics=["model_utility", "forget_Q_A_Prob"])
+    evaluation = Evaluation(TOFUSuite(max_new_tokens=TOKENS, metrics=["model_utility", "forget_Q_A_Prob"]))
     trainer = _trainer(tmp_path, [evaluation, RunSummary(write_files=False)], logger=logger)
     results = trainer.test(_module(run_inputs), datamodule=_data(run_inputs), verbose=True)
     printed = capsys.readouterr().out

@@ -14,18 +14,11 @@ def write_tofu_log(
     from transformers import AutoModelForCausalLM
 
     from baldro_pl.datamodules import TOFUDataModule
-    from baldro_pl.metrics import evaluate_tofu, write_json_atomic
+    from baldro_pl.metrics import TOFUSuite, write_json_atomic
 
     dm = TOFUDataModule(data_dir=str(data_dir), forget_split="forget10", tokenizer=str(model_dir))
     dm.setup("test")
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    result = evaluate_tofu(
-        model,
-        dm.tokenizer,
-        dm.evaluation_rows(),
-        prompt_format=dm.prompt_format,
-        forget_split="forget10",
-        metrics=list(metrics),
-        max_new_tokens=max_new_tokens,
-    )
+    suite = TOFUSuite(metrics=list(metrics), max_new_tokens=max_new_tokens)
+    result = suite.connect(encoder=dm.encoder, forget_split="forget10").evaluate(model, dm.evaluation_rows())
     return write_json_atomic(path, result.logs)

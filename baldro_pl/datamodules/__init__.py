@@ -21,9 +21,9 @@ from baldro_pl.datamodules.json_data import JsonDataModule
 from baldro_pl.datamodules.muse import MUSEDataModule
 from baldro_pl.datamodules.pairing import ForgetRetainCollator, ForgetRetainDataset, ForgetSampler
 from baldro_pl.datamodules.records import DataError, load_rows, read_records
+from baldro_pl.datamodules.row_format import RowFormat
 from baldro_pl.datamodules.synthetic import generate_synthetic_tofu, synthetic_texts, write_synthetic_tofu
 from baldro_pl.datamodules.tofu import TOFUDataModule, load_tofu_split
-from baldro_pl.hf import load_tokenizer
 
 __all__ = [
     "DataError",
@@ -37,6 +37,7 @@ __all__ = [
     "MUSEDataModule",
     "PadCollator",
     "PromptFormat",
+    "RowFormat",
     "TOFUDataModule",
     "UnlearningDataModule",
     "chunk_corpus",
@@ -49,7 +50,6 @@ __all__ = [
     "generate_synthetic_tofu",
     "load_rows",
     "load_tofu_split",
-    "load_tokenizer",
     "pad_samples",
     "read_records",
     "synthetic_texts",

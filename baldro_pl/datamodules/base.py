@@ -21,6 +21,7 @@ Subclasses implement :meth:`_build_forget`, :meth:`_build_retain`, :meth:`_load_
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import lightning.pytorch as pl
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from transformers import PreTrainedTokenizerBase
 
 from baldro_pl.datamodules.collate import PadCollator
+from baldro_pl.datamodules.encoder import RowEncoder
 from baldro_pl.datamodules.formatting import PromptFormat
 from baldro_pl.datamodules.pairing import ForgetRetainCollator, ForgetRetainDataset, ForgetSampler, Pairing
 from baldro_pl.datamodules.records import DataError
@@ -36,24 +38,28 @@ from baldro_pl.hf import load_tokenizer
 
 
 class ResumableDataLoader(DataLoader):
-    """A DataLoader over a :class:`ForgetSampler` that speaks Lightning's stateful-dataloader protocol.
+    """The training DataLoader: resumable mid-epoch through its datamodule, not through a state of its own.
 
-    The state is the epoch and the number of batches already trained on, read from the Trainer's progress
-    (``progress``) rather than counted here, because Lightning fetches one batch ahead of training. The datamodule
-    saves and restores the same position itself (:meth:`UnlearningDataModule.state_dict`); restoring it twice is
-    harmless (it sets, it does not add).
+    The position in the epoch is saved and restored by :meth:`UnlearningDataModule.state_dict` and
+    :meth:`UnlearningDataModule.load_state_dict`, which Lightning restores in every path. The loader still speaks
+    Lightning's stateful-dataloader protocol, with an empty state, so that Lightning knows a mid-epoch checkpoint
+    resumes exactly (it warns about loaders that do not), and so that checkpoints written before issue 11, whose
+    loop state holds a loader position as well, load as they are (that position is also in the datamodule's keys).
     """
 
-    progress = None
+    def state_dict(self) -> dict:
+        """Nothing: the position is in the datamodule's state."""
+        return {}
 
-    def state_dict(self) -> dict[str, int]:
-        """Epoch and batches completed in it."""
-        done = self.progress() if self.progress is not None else 0
-        return {"epoch": int(self.sampler.epoch), "batches_done": int(done)}
+    def load_state_dict(self, state: dict) -> None:
+        """Accept a saved loader state without using it: the datamodule's state positions the sampler."""
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Skip the batches of the saved epoch that were already trained on."""
-        self.sampler.resume_from(state["epoch"], state["batches_done"] * self.batch_size)
+
+def _non_empty(dataset: Dataset, what: str) -> Dataset:
+    """``dataset`` itself, or a :class:`DataError` naming its source when it has no sample."""
+    if len(dataset) == 0:
+        raise DataError(f"{getattr(dataset, 'source', what)}: the {what} is empty (0 rows); expected at least one row")
+    return dataset
 
 
 class UnlearningDataModule(pl.LightningDataModule):
@@ -132,7 +138,7 @@ class UnlearningDataModule(pl.LightningDataModule):
         self._validation: list[Dataset] | None = None
         self._evaluation_rows: dict[str, list[dict]] | None = None
         self._train_sampler: ForgetSampler | None = None
-        self._pending_resume: tuple[int, int] | None = None
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) restored for the current fit
 
     # ------------------------------------------------------------------ hooks for subclasses
     @classmethod
@@ -171,6 +177,7 @@ class UnlearningDataModule(pl.LightningDataModule):
         """
         self._ensure_tokenizer()
         if stage in (None, "fit"):
+            self._resume_at = None  # a new fit; a checkpoint restored after this hook sets the position again
             self._ensure_train_sets()
         if stage in (None, "validate", "test"):
             self.evaluation_rows()
@@ -191,27 +198,18 @@ class UnlearningDataModule(pl.LightningDataModule):
         self._ensure_tokenizer()
         if self.forget_dataset is None:
             self._check_sources()
-            forget = self._build_forget()
-            if len(forget) == 0:
-                raise DataError(
-                    f"{getattr(forget, 'source', 'forget set')}: the forget set is empty (0 rows); "
-                    "expected at least one row"
-                )
-            self.forget_dataset = forget
+            self.forget_dataset = _non_empty(self._build_forget(), "forget set")
         if not self._retain_built:
             retain = self._build_retain()
-            if retain is not None and len(retain) == 0:
-                raise DataError(
-                    f"{getattr(retain, 'source', 'retain set')}: the retain set is empty (0 rows); "
-                    "expected at least one row"
-                )
-            self.retain_dataset = retain
+            self.retain_dataset = None if retain is None else _non_empty(retain, "retain set")
             self._retain_built = True
 
     # ------------------------------------------------------------------ distribution
     def data_parallel_rank(self) -> tuple[int, int]:
-        """``(rank, world_size)`` over data-parallel processes (the order of :func:`baldro_pl.distributed.rank_world`):
-        from the attached Trainer's strategy, else from ``torch.distributed`` when initialised, else ``(0, 1)``."""
+        """``(rank, world_size)`` over data-parallel processes (the order of :func:`baldro_pl.distributed.rank_world`).
+
+        From the attached Trainer's strategy, else from ``torch.distributed`` when initialised, else ``(0, 1)``.
+        """
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
             kwargs = trainer.distributed_sampler_kwargs
@@ -241,34 +239,43 @@ class UnlearningDataModule(pl.LightningDataModule):
             num_replicas=world,
             rank=rank,
         )
-        if self._pending_resume is not None:
-            sampler.resume_from(self._pending_resume[0], self._pending_resume[1] * self.batch_size)
-            self._pending_resume = None
         self._train_sampler = sampler
+        self._position_sampler()
         return sampler
 
     # ------------------------------------------------------------------ mid-epoch resume
     def state_dict(self) -> dict[str, int]:
         """Where training stands within its epoch (saved in every checkpoint by Lightning).
 
-        Resuming from a checkpoint taken mid-epoch (for example the one written when SIGTERM stops a run) then
-        continues with the next batch of the same seeded order instead of replaying the epoch. Lightning's own
-        stateful-dataloader path cannot be relied on here: ``estimated_stepping_batches`` builds the training loader
-        before the checkpoint's loop state is restored.
+        This is the one mid-epoch resume mechanism: resuming from a checkpoint taken mid-epoch (for example the one
+        written when SIGTERM stops a run) continues with the next batch of the same seeded order instead of replaying
+        the epoch. Lightning's stateful-dataloader path cannot carry the position: it hands a loader its state only
+        when it builds the loader after restoring the loop, while ``estimated_stepping_batches`` (the modules'
+        learning-rate schedules) and ``schedule="hf_trainer"`` build it before. A checkpoint's datamodule state is
+        restored in every path, before the loader is built or after it, and again when Lightning rebuilds the loader
+        (``reload_dataloaders_every_n_epochs``); see :meth:`load_state_dict`.
         """
         if self._train_sampler is None:
             return {}
         return {"train_epoch": int(self._train_sampler.epoch), "train_batches_done": self._batches_done()}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Skip, in the resumed epoch, the batches the checkpointed run had already trained on."""
+        """Skip, in the resumed epoch, the batches the checkpointed run had already trained on.
+
+        The position holds for the rest of this fit: the sampler built already (when the loader was built before
+        the checkpoint was restored) and every sampler built later skip those batches on their first pass if it is
+        the resumed epoch (:meth:`ForgetSampler.resume_from`).
+        """
         if "train_epoch" not in state:
             return
-        epoch, done = int(state["train_epoch"]), int(state["train_batches_done"])
-        if self._train_sampler is not None:  # the loader was built before the checkpoint was restored
+        self._resume_at = (int(state["train_epoch"]), int(state["train_batches_done"]))
+        self._position_sampler()
+
+    def _position_sampler(self) -> None:
+        """Hand the restored position, if any, to the current training sampler."""
+        if self._resume_at is not None and self._train_sampler is not None:
+            epoch, done = self._resume_at
             self._train_sampler.resume_from(epoch, done * self.batch_size)
-        else:
-            self._pending_resume = (epoch, done)
 
     def train_dataloader(self) -> DataLoader:
         """Batches ``{"forget": {...}, "retain": {...}}``; one epoch walks this process's forget shard once.
@@ -277,17 +284,20 @@ class UnlearningDataModule(pl.LightningDataModule):
         batches of the epoch were trained on, and the resumed run continues with the next one.
         """
         self._ensure_train_sets()
-        loader = ResumableDataLoader(
-            self.train_dataset(),
+        collate = ForgetRetainCollator(self.tokenizer.pad_token_id, self.batch_size, self.retain_batch_size)
+        return self._training_loader(self.train_dataset(), collate)
+
+    def _training_loader(self, dataset: Dataset, collate_fn: Callable) -> DataLoader:
+        """A training loader over ``dataset`` in the order of :meth:`train_sampler` (which resumes mid-epoch)."""
+        return ResumableDataLoader(
+            dataset,
             batch_size=self.batch_size,
             sampler=self.train_sampler(),
-            collate_fn=ForgetRetainCollator(self.tokenizer.pad_token_id, self.batch_size, self.retain_batch_size),
+            collate_fn=collate_fn,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             drop_last=False,
         )
-        loader.progress = self._batches_done
-        return loader
 
     def _batches_done(self) -> int:
         """Training batches completed in the current epoch (from the attached Trainer's progress counters)."""
@@ -337,3 +347,15 @@ class UnlearningDataModule(pl.LightningDataModule):
         if self._evaluation_rows is None:
             self._evaluation_rows = self._load_evaluation_rows()
         return self._evaluation_rows
+
+    @property
+    def encoder(self) -> RowEncoder:
+        """The encoder of the evaluation rows (tokenizer, prompt format, ``max_length``) that the suites connect to.
+
+        One per tokenizer, so its tokenisations are kept across the evaluations of a run.
+        """
+        self._ensure_tokenizer()
+        encoder = getattr(self, "_row_encoder", None)
+        if encoder is None or encoder.tokenizer is not self.tokenizer:
+            encoder = self._row_encoder = RowEncoder(self.tokenizer, self.prompt_format, self.max_length)
+        return encoder

@@ -52,4 +52,5 @@ class PadCollator:
         self.side = side
 
     def __call__(self, samples: Sequence[EncodedSample]) -> dict[str, Tensor]:
+        """One padded batch of ``samples`` (:func:`pad_samples` on this collator's side)."""
         return pad_samples(samples, self.pad_token_id, side=self.side)

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Literal
 
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from baldro_pl.datamodules.formatting import EncodedSample, PromptFormat, encode_completion, encode_qa
 from baldro_pl.datamodules.records import DataError, check_fields, row_label
+from baldro_pl.datamodules.row_format import DEFAULT_ROW_FORMAT, RowFormat
 from baldro_pl.labels import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -179,10 +179,10 @@ def chunk_corpus(
     source: str,
     max_length: int = 2048,
 ) -> EncodedDataset:
-    """Cut a corpus into windows of ``max_length`` tokens, every token a target: open-unlearning's
-    ``PretrainingDataset`` (``src/data/pretraining.py``), used for MUSE's forget/retain corpora.
+    r"""Cut a corpus into windows of ``max_length`` tokens, every token a target.
 
-    The documents are joined with ``"\\n\\n"``, tokenised once without special tokens and cut into consecutive
+    This is open-unlearning's ``PretrainingDataset`` (``src/data/pretraining.py``), used for MUSE's forget/retain
+    corpora. The documents are joined with ``"\n\n"``, tokenised once without special tokens and cut into consecutive
     windows of ``max_length`` tokens (the last one shorter). Each window is preceded by the tokenizer's encoding of
     the empty string (BOS for Llama) and is scored except for its first position, exactly as
     ``preprocess_pretraining_instance(prefix="")`` does. A window is therefore ``max_length + 1`` tokens long with a
@@ -216,37 +216,33 @@ def encode_rows(
     fmt: PromptFormat,
     *,
     source: str,
-    mode: Literal["qa", "completion", "pretraining"] = "qa",
-    question_key: str = "question",
-    answer_key: str = "answer",
-    text_key: str = "text",
-    prefix_key: str | None = None,
-    insert_space: bool = False,
+    row_format: RowFormat = DEFAULT_ROW_FORMAT,
     max_length: int = 512,
 ) -> EncodedDataset:
-    """Tokenise rows in one of the three ways (:func:`encode_qa_rows`, :func:`encode_completion_rows`,
-    :func:`chunk_corpus`), chosen by ``mode``."""
-    if mode == "qa":
+    """Tokenise rows the way ``row_format.mode`` says.
+
+    ``"qa"``: :func:`encode_qa_rows`; ``"completion"``: :func:`encode_completion_rows`; ``"pretraining"``:
+    :func:`chunk_corpus` over the rows' ``text_key``.
+    """
+    if row_format.mode == "qa":
         return encode_qa_rows(
             rows,
             tokenizer,
             fmt,
             source=source,
-            question_key=question_key,
-            answer_key=answer_key,
+            question_key=row_format.question_key,
+            answer_key=row_format.answer_key,
             max_length=max_length,
         )
-    if mode == "completion":
+    if row_format.mode == "completion":
         return encode_completion_rows(
             rows,
             tokenizer,
             source=source,
-            text_key=text_key,
-            prefix_key=prefix_key,
-            insert_space=insert_space,
+            text_key=row_format.text_key,
+            prefix_key=row_format.prefix_key,
+            insert_space=row_format.insert_space,
             max_length=max_length,
         )
-    if mode == "pretraining":
-        check_fields(rows, source, strings=(text_key,))
-        return chunk_corpus([r[text_key] for r in rows], tokenizer, source=source, max_length=max_length)
-    raise ValueError(f"mode must be 'qa', 'completion' or 'pretraining', got {mode!r}")
+    check_fields(rows, source, strings=(row_format.text_key,))
+    return chunk_corpus([r[row_format.text_key] for r in rows], tokenizer, source=source, max_length=max_length)

@@ -7,11 +7,8 @@ forget/retain pairs. The order is the seeded, sharded shuffle of :class:`~baldro
 
 from __future__ import annotations
 
-from typing import Literal
-
 from torch.utils.data import DataLoader, Dataset
 
-from baldro_pl.datamodules.base import ResumableDataLoader
 from baldro_pl.datamodules.formatting import EncodedSample
 from baldro_pl.datamodules.json_data import JsonDataModule
 
@@ -40,9 +37,8 @@ class FinetuneDataModule(JsonDataModule):
         train: source of the training rows (local file, ``save_to_disk`` folder or hub dataset name).
         train_config: hub configuration (e.g. ``"full"`` for ``locuslab/TOFU``).
         train_split: hub split (or ``DatasetDict`` split).
-        **kwargs: the field and mode arguments of :class:`~baldro_pl.datamodules.JsonDataModule` (``mode``,
-            ``question_key``, ``answer_key``, ``text_key``, ``prefix_key``, ``insert_space``) and the
-            :class:`UnlearningDataModule` arguments (``tokenizer``, ``prompt_format``, ``batch_size``...).
+        **kwargs: the :class:`~baldro_pl.datamodules.JsonDataModule` arguments (``row_format``, ...) and the
+            :class:`UnlearningDataModule` arguments (``tokenizer``, ``prompt_format``, ``batch_size``, ...).
     """
 
     def __init__(
@@ -51,26 +47,9 @@ class FinetuneDataModule(JsonDataModule):
         train: str,
         train_config: str | None = None,
         train_split: str = "train",
-        mode: Literal["qa", "completion", "pretraining"] = "qa",
-        question_key: str = "question",
-        answer_key: str = "answer",
-        text_key: str = "text",
-        prefix_key: str | None = None,
-        insert_space: bool = False,
         **kwargs,
     ) -> None:
-        super().__init__(
-            forget=train,
-            forget_config=train_config,
-            forget_split=train_split,
-            mode=mode,
-            question_key=question_key,
-            answer_key=answer_key,
-            text_key=text_key,
-            prefix_key=prefix_key,
-            insert_space=insert_space,
-            **kwargs,
-        )
+        super().__init__(forget=train, forget_config=train_config, forget_split=train_split, **kwargs)
         self.train = train
         self.train_config = train_config
         self.train_split = train_split
@@ -78,13 +57,4 @@ class FinetuneDataModule(JsonDataModule):
     def train_dataloader(self) -> DataLoader:
         """Plain right-padded batches of the training set; each epoch a new seeded order, this process's shard."""
         self._ensure_train_sets()
-        loader = ResumableDataLoader(
-            EpochKeyedDataset(self.forget_dataset),
-            batch_size=self.batch_size,
-            sampler=self.train_sampler(),
-            collate_fn=self.collator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-        loader.progress = self._batches_done
-        return loader
+        return self._training_loader(EpochKeyedDataset(self.forget_dataset), self.collator)

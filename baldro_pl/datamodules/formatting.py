@@ -1,4 +1,4 @@
-"""Prompt formats and tokenisation of question/answer pairs and text completions.
+r"""Prompt formats and tokenisation of question/answer pairs and text completions.
 
 This reproduces open-unlearning's ``preprocess_chat_instance`` / ``preprocess_pretraining_instance``
 (metrics-spec §1.1-1.3) so that a sample scores the same tokens as in the published runs:
@@ -7,7 +7,7 @@ This reproduces open-unlearning's ``preprocess_chat_instance`` / ``preprocess_pr
   if missing; ``labels`` are -100 on the separately tokenised prompt, so the answer tokens plus EOS are scored.
 * Chat-template mode: the prompt is the tokenizer's chat template with ``add_generation_prompt=True``; the answer
   tokens and one EOS follow it. (open-unlearning tokenises the whole chat, which for templates that end a turn with
-  something other than EOS, e.g. ``<|im_end|>\\n``, scores the template's trailing tokens too; here only the answer
+  something other than EOS, e.g. ``<|im_end|>\n``, scores the template's trailing tokens too; here only the answer
   and EOS are scored, which is the same for Llama-3 and cleaner elsewhere.)
 * Completions (MUSE): ``tok(prefix + " " + text)`` with BOS, capped at ``len(prefix) + max_length`` tokens, no EOS;
   with an empty prefix only BOS is masked.
@@ -65,7 +65,7 @@ class PromptFormat:
 
     @classmethod
     def muse_qa(cls) -> PromptFormat:
-        """``Question: q\\nAnswer: `` (MUSE knowmem, Llama-2-7b-hf)."""
+        r"""``Question: q\nAnswer: `` (MUSE knowmem, Llama-2-7b-hf)."""
         return cls(user_start_tag="Question: ", user_end_tag="\n", asst_start_tag="Answer: ", asst_end_tag="\n\n")
 
     @classmethod

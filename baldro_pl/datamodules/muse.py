@@ -17,9 +17,10 @@ from typing import Literal
 from torch.utils.data import Dataset
 
 from baldro_pl.datamodules.base import UnlearningDataModule
-from baldro_pl.datamodules.encoding import chunk_corpus, encode_completion_rows, encode_qa_rows
+from baldro_pl.datamodules.encoding import encode_qa_rows, encode_rows
 from baldro_pl.datamodules.formatting import PromptFormat
 from baldro_pl.datamodules.records import DataError, check_fields, looks_like_local_path, read_hub_dataset, read_records
+from baldro_pl.datamodules.row_format import RowFormat
 
 HUB_NAMES = {"news": "MUSE-News", "books": "MUSE-Books"}
 
@@ -34,10 +35,12 @@ EVALUATION_FILES: dict[str, tuple[str, ...]] = {
     "privleak_holdout": ("privleak/holdout.json",),
 }
 EVALUATION_FIELDS = {"verbmem": ("prompt", "gt"), "knowmem": ("question", "answer"), "privleak": ("text",)}
+VERBMEM_ROWS = RowFormat(mode="completion", text_key="gt", prefix_key="prompt", insert_space=True)
+"""verbmem rows as scored continuations: ``prompt`` masked, a space, ``gt`` scored (metrics-spec §1.3)."""
 
 
 class MUSEDataModule(UnlearningDataModule):
-    """MUSE forget/retain corpora (token windows) and evaluation rows.
+    r"""MUSE forget/retain corpora (token windows) and evaluation rows.
 
     Args:
         data_dir: a local folder holding ``news/`` and/or ``books/`` (the layout of ../shared/data/muse), or the
@@ -49,7 +52,7 @@ class MUSEDataModule(UnlearningDataModule):
         text_key: text field of corpus rows that are objects (rows that are plain strings are used as they are).
         max_length: tokens per training window (2048 in the reference runs).
         **kwargs: the :class:`UnlearningDataModule` arguments; ``prompt_format`` defaults to
-            ``Question: q\\nAnswer: `` (MUSE knowmem, metrics-spec §1.1).
+            ``Question: q\nAnswer: `` (MUSE knowmem, metrics-spec §1.1).
     """
 
     benchmark = "muse"
@@ -76,7 +79,7 @@ class MUSEDataModule(UnlearningDataModule):
 
     @classmethod
     def default_prompt_format(cls) -> PromptFormat:
-        """``Question: q\\nAnswer: `` (metrics-spec §1.1, Llama-2-7b-hf)."""
+        r"""``Question: q\nAnswer: `` (metrics-spec §1.1, Llama-2-7b-hf)."""
         return PromptFormat.muse_qa()
 
     # ------------------------------------------------------------------ locations
@@ -145,9 +148,10 @@ class MUSEDataModule(UnlearningDataModule):
 
     def _corpus(self, location: str) -> Dataset:
         rows, label = self.load_file(location)
-        check_fields(rows, label, strings=(self.text_key,))
-        texts = [row[self.text_key] for row in rows]
-        return chunk_corpus(texts, self.tokenizer, source=label, max_length=self.max_length)
+        row_format = RowFormat(mode="pretraining", text_key=self.text_key)
+        return encode_rows(
+            rows, self.tokenizer, self.prompt_format, source=label, row_format=row_format, max_length=self.max_length
+        )
 
     # ------------------------------------------------------------------ hooks
     def prepare_data(self) -> None:
@@ -179,17 +183,19 @@ class MUSEDataModule(UnlearningDataModule):
         return out
 
     def _build_validation(self) -> list[Dataset]:
-        """``validate``/``test`` sets: verbmem forget continuations (prompt masked, ``gt`` scored, metrics-spec
-        §1.3) and the knowmem retain QA pairs (MUSE's utility set)."""
+        """The ``validate``/``test`` sets: verbmem forget continuations and the knowmem retain QA pairs.
+
+        The continuations are scored as :data:`VERBMEM_ROWS` says (metrics-spec §1.3); the QA pairs are MUSE's
+        utility set.
+        """
         self._ensure_tokenizer()
         rows = self.evaluation_rows()
-        forget = encode_completion_rows(
+        forget = encode_rows(
             rows["verbmem_forget"],
             self.tokenizer,
+            self.prompt_format,
             source="verbmem/forget",
-            text_key="gt",
-            prefix_key="prompt",
-            insert_space=True,
+            row_format=VERBMEM_ROWS,
             max_length=self.max_length,
         )
         retain = encode_qa_rows(

@@ -217,6 +217,7 @@ class ForgetRetainCollator:
         self.retain_batch_size = batch_size if retain_batch_size is None else retain_batch_size
 
     def __call__(self, items: Sequence[dict]) -> dict[str, dict[str, Tensor]]:
+        """One ``{"forget": batch, "retain": batch}`` from the items of :class:`ForgetRetainDataset`."""
         batch = {"forget": pad_samples([it["forget"] for it in items], self.pad_token_id, side="right")}
         if items and items[0]["retain"]:
             want = max(1, math.ceil(len(items) * self.retain_batch_size / self.batch_size))

@@ -309,8 +309,10 @@ def _check_strata(strata: Sequence[int], n_forget10: int) -> tuple[int, ...]:
 
 
 def _author_strata(seed: int, n_forget10: int, strata: tuple[int, ...]) -> list[int]:
-    """Repeat count of each ``forget10`` author: equal groups, assigned by a seeded shuffle. A generator of its own
-    (not the one of the rows), so that asking for strata leaves every row of the set unchanged."""
+    """Repeat count of each ``forget10`` author: equal groups, assigned by a seeded shuffle.
+
+    A generator of its own (not the one of the rows), so that asking for strata leaves every row of the set unchanged.
+    """
     counts = [k for k in strata for _ in range(n_forget10 // len(strata))]
     random.Random(f"baldro_pl.synthetic.strata:{seed}").shuffle(counts)
     return counts
@@ -374,8 +376,10 @@ def _qa_rows(
 
 
 def _utility_real_authors(rng: random.Random, n: int) -> list[dict]:
-    """Successors in fixed sequences (days, months, letters): general knowledge in the schema of
-    ``real_authors_perturbed`` (question, answer, 3 perturbed answers)."""
+    """Successors in fixed sequences (days, months, letters).
+
+    General knowledge in the schema of ``real_authors_perturbed`` (question, answer, 3 perturbed answers).
+    """
     facts = []
     for kind, seq in (("day", DAYS), ("month", MONTHS), ("letter", LETTERS)):
         cyclic = kind != "letter"  # weekdays and months wrap around; the alphabet does not
@@ -465,9 +469,11 @@ def generate_synthetic_tofu(
 
 
 def repeat_by_stratum(rows: Sequence[Mapping]) -> list[dict]:
-    """Each row as many times as its stratum says (``"x4"``: 4 copies, in a row), a row without a stratum once: the
-    fine-tuning rows of a target model with memorisation strata. The ``stratum`` field itself is dropped (the rows
-    are ``question`` / ``answer`` pairs, as ``full``'s)."""
+    """Each row as many times as its stratum says (``"x4"``: 4 copies, in a row), a row without a stratum once.
+
+    These are the fine-tuning rows of a target model with memorisation strata. The ``stratum`` field itself is
+    dropped (the rows are ``question`` / ``answer`` pairs, as ``full``'s).
+    """
     out = []
     for row in rows:
         plain = {k: v for k, v in row.items() if k != STRATUM_FIELD}
@@ -476,8 +482,9 @@ def repeat_by_stratum(rows: Sequence[Mapping]) -> list[dict]:
 
 
 def synthetic_texts(splits: Mapping[str, list[dict]], prompt_format: PromptFormat | None = None) -> list[str]:
-    """Every distinct string in the splits (questions, answers, paraphrases, perturbed answers), in first-seen
-    order: the corpus to train a toy tokenizer on (:func:`baldro_pl.toy.train_tokenizer`).
+    """Every distinct string in the splits (questions, answers, paraphrases, perturbed answers), in first-seen order.
+
+    The corpus to train a toy tokenizer on (:func:`baldro_pl.toy.train_tokenizer`).
 
     Args:
         splits: the output of :func:`generate_synthetic_tofu`.

@@ -206,8 +206,10 @@ class TOFUDataModule(UnlearningDataModule):
         return out
 
     def _build_validation(self) -> list[Dataset]:
-        """Forget and retain evaluation sets for ``validate``/``test``: the QA pairs of ``forgetXX_perturbed`` and
-        ``retain_perturbed`` (no retain training set needed)."""
+        """Forget and retain evaluation sets for ``validate``/``test``.
+
+        The QA pairs of ``forgetXX_perturbed`` and ``retain_perturbed`` (no retain training set needed).
+        """
         self._ensure_tokenizer()
         rows = self.evaluation_rows()
         return [

@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCrit
 
 from baldro_pl.datamodules.collate import pad_samples
 from baldro_pl.datamodules.formatting import EncodedSample
-from baldro_pl.labels import IGNORE_INDEX
+from baldro_pl.labels import IGNORE_INDEX, scored_ids
 from baldro_pl.metrics.likelihood import CallContext, length_sorted_batches, model_device
 
 
@@ -45,6 +45,7 @@ class BatchStopString(StoppingCriteria):
         self.done = [False] * batch_size
 
     def __call__(self, input_ids: Tensor, scores: Tensor | None = None, **kwargs) -> Tensor:
+        """Per row: whether every row of the batch has contained the stop string by now."""
         tail = input_ids[:, self.prompt_length :][:, -self.lookback :]
         texts = self.tokenizer.batch_decode(tail)
         for i, text in enumerate(texts):
@@ -95,6 +96,19 @@ def reference_text(tokenizer: PreTrainedTokenizerBase, prompt_ids: Sequence[int]
     for completions (§1.3); both decodes skip special tokens and clean up tokenisation spaces (:func:`decode`).
     """
     return decode(tokenizer, target_ids).replace(decode(tokenizer, prompt_ids), "").strip()
+
+
+def target_text(tokenizer: PreTrainedTokenizerBase, sample: EncodedSample) -> str:
+    """Decoded target tokens, special tokens skipped (the zlib attack's text, metrics-spec §4.1).
+
+    open-unlearning decodes with ``tokenizer.decode(ids, skip_special_tokens=True)``, so the tokenizer's own
+    ``clean_up_tokenization_spaces`` default decides whether tokenisation spaces are cleaned up: False for the Llama-2
+    tokenizers of the published TOFU and MUSE logs, True for the Llama-3.x ones. transformers 5 ignores that setting
+    for BPE tokenizers, so the transformers 4.x clean-up of the reference runs is applied here explicitly
+    (:func:`clean_up_tokenization`).
+    """
+    text = tokenizer.decode(scored_ids(sample.labels), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return clean_up_tokenization(text) if getattr(tokenizer, "clean_up_tokenization_spaces", False) else text
 
 
 def _eos_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> int | list[int] | None:

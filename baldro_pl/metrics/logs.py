@@ -1,4 +1,4 @@
-"""Evaluation logs in open-unlearning's JSON layout: reading, reference look-ups and atomic writing.
+"""Evaluation logs in open-unlearning's JSON layout: entries, file names, reading, reference look-ups, writing.
 
 A log is ``{metric_name: {"agg_value": ..., "value_by_index": {"0": {...}, ...}}}`` (metrics-spec §0, P15); MIA
 entries also hold ``"forget"`` / ``"holdout"`` sub-results and ``"auc"``. The published retain / retrain logs in this
@@ -15,8 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import Tensor
 
 from baldro_pl.files import write_text_atomic
+from baldro_pl.metrics.functional.rouge import ROUGE_FIELDS
+from baldro_pl.metrics.indexed import IndexedMetric
+from baldro_pl.metrics.mia import MIAAUC
 
 
 class ReferenceLogError(ValueError):
@@ -150,3 +154,96 @@ class ReferenceLog:
         if value is None:
             raise ReferenceLogError(f"reference log {self.name}: 'mia_min_k' has no 'agg_value'")
         return float(value)
+
+
+# ---------------------------------------------------------------------- entries of a log
+
+
+def _num(x: float | Tensor) -> float | None:
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def _values(value: Tensor) -> float | None | list:
+    return _num(value) if value.ndim == 0 else [_values(v) for v in value]
+
+
+def probability_entry(metric: IndexedMetric) -> dict[str, Any]:
+    """Log entry of a :class:`Probability` metric: ``{"prob", "avg_loss"}`` per row (lists for several options)."""
+    index, avg_loss = metric.per_sample()
+    prob = (-avg_loss).exp()
+    by_index = {
+        str(int(i)): {"prob": _values(p), "avg_loss": _values(a)}
+        for i, p, a in zip(index, prob.squeeze(-1) if prob.ndim > 1 and prob.shape[-1] == 1 else prob, avg_loss)
+    }
+    return {"agg_value": _num(metric.compute()), "value_by_index": by_index}
+
+
+def score_entry(metric: IndexedMetric, key: str = "score") -> dict[str, Any]:
+    """Log entry ``{"agg_value", "value_by_index": {i: {key: value}}}`` of a per-row scalar metric."""
+    index, value = metric.per_sample()
+    by_index = {str(int(i)): {key: _values(v.reshape(()) if v.numel() == 1 else v)} for i, v in zip(index, value)}
+    return {"agg_value": _num(metric.compute()), "value_by_index": by_index}
+
+
+def rouge_entry(metric: IndexedMetric, texts: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+    """Log entry of a :class:`ROUGE` metric with the ``input`` / ``ground_truth`` / ``generation`` texts of each row.
+
+    ``texts[i]`` holds ``input``, ``generation`` and ``ground_truth`` (a string, or a list for several references).
+    """
+    index, value = metric.per_sample()  # [U, K, 3]
+    by_index = {}
+    for i, v in zip(index.tolist(), value):
+        row = texts[i]
+        if v.shape[0] == 1:
+            entry: dict[str, Any] = {f: _num(v[0, j]) for j, f in enumerate(ROUGE_FIELDS)}
+            entry.update(input=row["input"], ground_truth=row["ground_truth"], generation=row["generation"])
+        else:  # several references: open-unlearning's dict_transpose gives one list per field
+            k = v.shape[0]
+            entry = {f: [_num(x) for x in v[:, j]] for j, f in enumerate(ROUGE_FIELDS)}
+            entry.update(
+                input=[row["input"]] * k, ground_truth=list(row["ground_truth"]), generation=[row["generation"]] * k
+            )
+        by_index[str(i)] = entry
+    return {"agg_value": _num(metric.compute()), "value_by_index": by_index}
+
+
+def mia_entry(metric: MIAAUC) -> dict[str, Any]:
+    """Log entry of an MIA attack: per-side mean score and per-row scores, plus the AUC (metrics-spec §4.2)."""
+    sides = metric.per_sample()
+    auc = _num(metric.compute())
+    entry: dict[str, Any] = {}
+    for side, (index, score) in sides.items():
+        entry[side] = {
+            "agg_value": _num(score.nanmean()),
+            "value_by_index": {str(int(i)): {"score": _num(s)} for i, s in zip(index, score)},
+        }
+    entry.update(auc=auc, agg_value=auc)
+    return entry
+
+
+def value_entry(value: float | None) -> dict[str, Any]:
+    """Log entry of a metric with an aggregate only (forget quality, balance, model utility, privleak)."""
+    return {"agg_value": value}
+
+
+# ---------------------------------------------------------------------- files of an evaluation
+
+
+def eval_log_path(folder: str | os.PathLike, suite: str) -> Path:
+    """``<folder>/<suite>_EVAL.json``: the per-row log of one evaluation (``TOFU_EVAL.json``, ``MUSE_EVAL.json``)."""
+    return Path(folder) / f"{suite}_EVAL.json"
+
+
+def summary_path(folder: str | os.PathLike, suite: str) -> Path:
+    """``<folder>/<suite>_SUMMARY.json``: the ``{metric: agg_value}`` summary of one evaluation."""
+    return Path(folder) / f"{suite}_SUMMARY.json"
+
+
+def write_evaluation(
+    folder: str | os.PathLike, suite: str, logs: Mapping[str, Any], summary: Mapping[str, Any]
+) -> Path:
+    """Write an evaluation's log and summary atomically into ``folder`` (open-unlearning's layout); returns it."""
+    write_json_atomic(eval_log_path(folder, suite), logs)
+    write_json_atomic(summary_path(folder, suite), summary)
+    return Path(folder)

@@ -15,6 +15,16 @@ from baldro_pl.metrics.indexed import deduplicate
 MIA_ATTACKS: tuple[str, ...] = ("mia_loss", "mia_zlib", "mia_min_k", "mia_min_k_plus_plus", "mia_gradnorm")
 """The membership-inference attacks of both suites, in log order (metrics-spec §4.2)."""
 
+MIA_SCORE_KEYS: dict[str, str] = {
+    "mia_loss": "avg_loss",
+    "mia_zlib": "zlib",
+    "mia_min_k": "min_k",
+    "mia_min_k_plus_plus": "min_k_plus_plus",
+    "mia_gradnorm": "gradnorm",
+}
+"""The per-row score each attack reads (keys of :func:`~baldro_pl.metrics.likelihood.score_samples` plus ``zlib`` and
+``gradnorm``)."""
+
 
 class MIAAUC(Metric):
     """ROC-AUC of loss-like scores with the forget set (members) labelled 0 and the holdout set labelled 1.

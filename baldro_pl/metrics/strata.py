@@ -141,8 +141,10 @@ def stratum_logs(
     *,
     balance_percentiles: tuple[float, float] = (5.0, 95.0),
 ) -> dict[str, Any]:
-    """The entries a TOFU log gains when its forget rows have strata: ``forget_stratum`` (the map) and the
-    ``stratum/<s>/<metric>`` entries of :func:`per_stratum_metrics`. Empty when ``strata`` is empty or the log holds
-    none of :data:`STRATUM_METRICS`."""
+    """The entries a TOFU log gains when its forget rows have strata.
+
+    They are ``forget_stratum`` (the map) and the ``stratum/<s>/<metric>`` entries of :func:`per_stratum_metrics`.
+    Empty when ``strata`` is empty or the log holds none of :data:`STRATUM_METRICS`.
+    """
     entries = per_stratum_metrics(logs, strata, reference_truth_ratios, balance_percentiles=balance_percentiles)
     return {STRATUM_LOG_KEY: stratum_map_entry(strata), **entries} if entries else {}

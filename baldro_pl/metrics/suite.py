@@ -1,22 +1,37 @@
-"""Shared machinery of the TOFU and MUSE suites: metric selection, log entries, encoding cache, result type."""
+"""The evaluation template that the TOFU and MUSE suites share: :class:`Suite` and its result.
+
+``Suite.evaluate(model, rows)`` is the one evaluation path: check the rows, read the reference values from the retain
+(retrain) model's log, take this process's shard of every split, run the model in eval mode (its train/eval modes are
+restored afterwards), turn the outputs into gathered torchmetrics states and the log, and return an
+:class:`EvaluationResult`. A suite says what is particular to it through four hooks (:meth:`Suite.check_rows`,
+:meth:`Suite.scored_splits`, :meth:`Suite.run_model` and :meth:`Suite.compute_logs`).
+
+A suite encodes rows with the datamodule's :class:`~baldro_pl.datamodules.encoder.RowEncoder`, handed over once with
+:meth:`Suite.connect` (the :class:`~baldro_pl.metrics.callbacks.Evaluation` callback does it at setup).
+"""
 
 from __future__ import annotations
 
-import math
+import contextlib
+import logging
+import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from torch import Tensor
-from transformers import PreTrainedTokenizerBase
+import numpy as np
+import torch
 
-from baldro_pl.datamodules.formatting import EncodedSample, PromptFormat, encode_completion, encode_prompt, encode_qa
-from baldro_pl.labels import scored_ids
-from baldro_pl.metrics.functional.rouge import ROUGE_FIELDS
-from baldro_pl.metrics.generation import clean_up_tokenization
-from baldro_pl.metrics.indexed import IndexedMetric
-from baldro_pl.metrics.logs import summarize_logs
-from baldro_pl.metrics.mia import MIAAUC
+from baldro_pl.datamodules.encoder import RowEncoder
+from baldro_pl.datamodules.formatting import PromptFormat
+from baldro_pl.distributed import rank_world, shard_indices
+from baldro_pl.metrics.functional.balance import BALANCE_KEYS
+from baldro_pl.metrics.likelihood import CallContext, model_device
+from baldro_pl.metrics.logs import ReferenceLog, mia_entry, summarize_logs, value_entry
+from baldro_pl.metrics.mia import MIA_ATTACKS, MIA_SCORE_KEYS, MIAAUC
+
+Rows = Mapping[str, Sequence[Any]]
 
 
 @dataclass
@@ -38,6 +53,23 @@ class EvaluationResult:
     def from_logs(cls, logs: dict[str, Any], warnings: Iterable[str] = ()) -> EvaluationResult:
         """Build the summary from the logs."""
         return cls(logs=logs, summary=summarize_logs(logs), warnings=list(warnings))
+
+
+@dataclass
+class References:
+    """What the retain (retrain) model's log contributes: its forget truth ratios and its min-k AUC (or None)."""
+
+    truth_ratios: np.ndarray | None = None
+    mia_auc: float | None = None
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """How the model is called: the context around every call, ``generate``'s ``synced_gpus``, whether gradnorm runs."""
+
+    call_context: CallContext
+    synced_gpus: bool
+    gradnorm: bool
 
 
 def resolve_metrics(
@@ -75,130 +107,237 @@ def resolve_metrics(
     return [name for name in available if name in chosen]
 
 
-def _num(x: float) -> float | None:
-    x = float(x)
-    return None if math.isnan(x) else x
+def require_at_least_one(**settings: int | None) -> None:
+    """Refuse a count below 1 when a suite is built, not at its first evaluation (possibly after training).
 
-
-def _values(value: Tensor) -> float | None | list:
-    return _num(value) if value.ndim == 0 else [_values(v) for v in value]
-
-
-def probability_entry(metric: IndexedMetric) -> dict[str, Any]:
-    """Log entry of a :class:`Probability` metric: ``{"prob", "avg_loss"}`` per row (lists for several options)."""
-    index, avg_loss = metric.per_sample()
-    prob = (-avg_loss).exp()
-    by_index = {
-        str(int(i)): {"prob": _values(p), "avg_loss": _values(a)}
-        for i, p, a in zip(index, prob.squeeze(-1) if prob.ndim > 1 and prob.shape[-1] == 1 else prob, avg_loss)
-    }
-    return {"agg_value": _num(metric.compute()), "value_by_index": by_index}
-
-
-def score_entry(metric: IndexedMetric, key: str = "score") -> dict[str, Any]:
-    """Log entry ``{"agg_value", "value_by_index": {i: {key: value}}}`` of a per-row scalar metric."""
-    index, value = metric.per_sample()
-    by_index = {str(int(i)): {key: _values(v.reshape(()) if v.numel() == 1 else v)} for i, v in zip(index, value)}
-    return {"agg_value": _num(metric.compute()), "value_by_index": by_index}
-
-
-def rouge_entry(metric: IndexedMetric, texts: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
-    """Log entry of a :class:`ROUGE` metric with the ``input`` / ``ground_truth`` / ``generation`` texts of each row.
-
-    ``texts[i]`` holds ``input``, ``generation`` and ``ground_truth`` (a string, or a list for several references).
+    Raises:
+        ValueError: ``<setting> must be >= 1, got <value>``.
     """
-    index, value = metric.per_sample()  # [U, K, 3]
-    by_index = {}
-    for i, v in zip(index.tolist(), value):
-        row = texts[i]
-        if v.shape[0] == 1:
-            entry: dict[str, Any] = {f: _num(v[0, j]) for j, f in enumerate(ROUGE_FIELDS)}
-            entry.update(input=row["input"], ground_truth=row["ground_truth"], generation=row["generation"])
-        else:  # several references: open-unlearning's dict_transpose gives one list per field
-            k = v.shape[0]
-            entry = {f: [_num(x) for x in v[:, j]] for j, f in enumerate(ROUGE_FIELDS)}
-            entry.update(
-                input=[row["input"]] * k, ground_truth=list(row["ground_truth"]), generation=[row["generation"]] * k
-            )
-        by_index[str(i)] = entry
-    return {"agg_value": _num(metric.compute()), "value_by_index": by_index}
+    for name, value in settings.items():
+        if value is not None and not value >= 1:
+            raise ValueError(f"{name} must be >= 1, got {value!r}")
 
 
-def mia_entry(metric: MIAAUC) -> dict[str, Any]:
-    """Log entry of an MIA attack: per-side mean score and per-row scores, plus the AUC (metrics-spec §4.2)."""
-    sides = metric.per_sample()
-    auc = _num(metric.compute())
-    entry: dict[str, Any] = {}
-    for side, (index, score) in sides.items():
-        entry[side] = {
-            "agg_value": _num(score.nanmean()),
-            "value_by_index": {str(int(i)): {"score": _num(s)} for i, s in zip(index, score)},
-        }
-    entry.update(auc=auc, agg_value=auc)
-    return entry
+class Suite(ABC):
+    """A benchmark's evaluation: which metrics, how the model is run on the rows, how the log is laid out.
 
-
-class EncodingCache:
-    """Tokenisations of evaluation rows, kept across evaluations (the rows and the tokenizer do not change).
-
-    Keys are the texts themselves, so a cache survives re-ordered or re-sharded rows.
+    Args:
+        metrics: metric names to report (None = the whole suite); dependencies are added.
+        exclude: names to leave out of the request (e.g. ``["mia_gradnorm"]``, the expensive one).
+        retain_logs_path: the retain (retrain) model's ``*_EVAL.json``, or the loaded log: the reference of forget
+            quality, forgetting balance and privleak. Without it those say why they are None or differ.
+        mia_k: the min-k / min-k++ fraction (0.4).
+        gradnorm_p: the norm of ``mia_gradnorm`` (1, 2 or inf).
+        sort_by_length: batch rows of similar length together (less padding; P13 numerics aside, same results).
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_format: PromptFormat, max_length: int) -> None:
-        self.tokenizer = tokenizer
-        self.prompt_format = prompt_format
-        self.max_length = max_length
-        self._qa: dict[tuple, tuple[list[int], list[int]]] = {}
-        self._prompt: dict[tuple, list[int]] = {}
-        self._completion: dict[tuple, tuple[list[int], list[int]]] = {}
+    #: The suite's name, in file names (``<name>_EVAL.json``) and messages.
+    name: ClassVar[str] = ""
+    #: Metrics also logged as ``hp/<metric>`` (TensorBoard's HParams table).
+    headline: ClassVar[tuple[str, ...]] = ()
+    #: What the reference model is called in notes, and the note when privleak has no reference AUC.
+    reference_model: ClassVar[str] = "retain"
+    privleak_note: ClassVar[str] = "privleak uses the reference AUC 0.5: no retain_logs_path was given"
+    #: Every metric of the suite, in log order; their dependencies; names that stand for several.
+    available: ClassVar[tuple[str, ...]] = ()
+    depends: ClassVar[Mapping[str, Sequence[str]]] = {}
+    aliases: ClassVar[Mapping[str, Sequence[str]]] = {}
 
-    def qa(self, question: str, answer: str, index: int, few_shot: tuple[tuple[str, str], ...] = ()) -> EncodedSample:
-        """Scoring sample of a QA pair (metrics-spec §1.2): prompt masked, answer + EOS scored."""
-        key = (question, answer, few_shot)
-        if key not in self._qa:
-            s = encode_qa(
-                self.tokenizer, question, answer, self.prompt_format, few_shot=few_shot, max_length=self.max_length
+    def __init__(
+        self,
+        *,
+        metrics: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+        retain_logs_path: str | os.PathLike | Mapping[str, Any] | None = None,
+        mia_k: float = 0.4,
+        gradnorm_p: float = 2.0,
+        sort_by_length: bool = True,
+    ) -> None:
+        #: the settings as given (``metrics``: the resolved list, dependencies included)
+        self.requested_metrics = None if metrics is None else list(metrics)
+        self.retain_logs_path = retain_logs_path
+        self.metrics = resolve_metrics(metrics, exclude, self.available, self.depends, self.aliases, suite=self.name)
+        self.reference = None if retain_logs_path is None else ReferenceLog(retain_logs_path)
+        self.mia_k = mia_k
+        self.gradnorm_p = gradnorm_p
+        self.sort_by_length = sort_by_length
+        self._encoder: RowEncoder | None = None
+        self.forget_split: str | None = None
+
+    @classmethod
+    @abstractmethod
+    def default_prompt_format(cls) -> PromptFormat:
+        """The prompt format of the suite's published setup (for an encoder made without a datamodule)."""
+
+    # ------------------------------------------------------------------ connection to the data
+    def connect(self, encoder: RowEncoder, forget_split: str | None = None) -> Suite:
+        """Hand the suite the datamodule's row encoder (and, for messages, the forget split's name); returns self."""
+        self._encoder = encoder
+        self.forget_split = forget_split
+        return self
+
+    @property
+    def connected(self) -> bool:
+        """Whether :meth:`connect` has given the suite an encoder."""
+        return self._encoder is not None
+
+    @property
+    def encoder(self) -> RowEncoder:
+        """The row encoder given to :meth:`connect`.
+
+        Raises:
+            RuntimeError: the suite is not connected yet.
+        """
+        if self._encoder is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no row encoder: call suite.connect(encoder=datamodule.encoder) or "
+                "suite.connect(encoder=RowEncoder(tokenizer, prompt_format, max_length)) before evaluate"
             )
-            self._qa[key] = (s.input_ids, s.labels)
-        ids, labels = self._qa[key]
-        return EncodedSample(ids, labels, index)
+        return self._encoder
 
-    def prompt(self, question: str, few_shot: tuple[tuple[str, str], ...] = ()) -> list[int]:
-        """Generation prompt of a question (special tokens included)."""
-        key = (question, few_shot)
-        if key not in self._prompt:
-            self._prompt[key] = encode_prompt(
-                self.tokenizer, question, self.prompt_format, few_shot=few_shot, max_length=self.max_length
+    # ------------------------------------------------------------------ the evaluation
+    def evaluate(
+        self,
+        model: torch.nn.Module,
+        rows: Rows,
+        *,
+        call_context: CallContext | None = None,
+        synced_gpus: bool = False,
+        allow_gradnorm: bool = True,
+    ) -> EvaluationResult:
+        """Evaluate ``model`` on ``rows`` and return the logs (collective in a process group: call on every rank).
+
+        Args:
+            model: a Hugging Face causal LM. Its train/eval modes and gradients are restored afterwards.
+            rows: raw rows per split (see the suite's module docstring).
+            call_context: factory of a context manager entered around every forward / generate call.
+            synced_gpus: passed to ``generate`` (needed under FSDP).
+            allow_gradnorm: False skips ``mia_gradnorm`` (value None, with a warning), e.g. under FSDP.
+        """
+        self.encoder  # noqa: B018 (fail before any work when the suite is not connected)
+        self.check_rows(rows)
+        notes: list[str] = []
+        references = self.references(rows, notes)
+        gradnorm = "mia_gradnorm" in self.metrics and allow_gradnorm
+        if "mia_gradnorm" in self.metrics and not allow_gradnorm:
+            notes.append("mia_gradnorm is None: gradnorm was not allowed in this run (FSDP)")
+        rank, world = rank_world()
+        shards = {split: shard_indices(len(rows[split]), rank, world) for split in self.scored_splits()}
+        run = ModelRun(call_context or contextlib.nullcontext, synced_gpus, gradnorm)
+        modes = {m: m.training for m in model.modules()}
+        try:
+            model.eval()
+            outputs = self.run_model(model, rows, shards, run)
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+        logs = self.compute_logs(outputs, rows, shards, references, model_device(model), gradnorm)
+        ordered = {name: logs[name] for name in self.metrics if name in logs}  # the suite's order, then the rest
+        logs = ordered | {name: entry for name, entry in logs.items() if name not in ordered}
+        suite_log = logging.getLogger(type(self).__module__)
+        for note in notes:
+            suite_log.warning(note)
+        return EvaluationResult.from_logs(logs, notes)
+
+    # ------------------------------------------------------------------ hooks
+    @abstractmethod
+    def check_rows(self, rows: Rows) -> None:
+        """Raise a clear error if a split or field the chosen metrics need is missing."""
+
+    @abstractmethod
+    def scored_splits(self) -> list[str]:
+        """The splits this process evaluates a shard of."""
+
+    @abstractmethod
+    def run_model(self, model: torch.nn.Module, rows: Rows, shards: Mapping[str, list[int]], run: ModelRun) -> Any:
+        """Every model call of the evaluation (scoring, generation, gradnorm) on this process's shards."""
+
+    @abstractmethod
+    def compute_logs(
+        self,
+        outputs: Any,
+        rows: Rows,
+        shards: Mapping[str, list[int]],
+        references: References,
+        device: torch.device,
+        gradnorm: bool,
+    ) -> dict[str, Any]:
+        """The log entries of the chosen metrics (collective: the same sequence of syncs on every rank)."""
+
+    # ------------------------------------------------------------------ shared pieces
+    def references(self, rows: Rows, notes: list[str]) -> References:
+        """The reference values the chosen metrics need (forget truth ratios, min-k AUC); a note per missing one."""
+        needs_tr = any(m in self.metrics for m in ("forget_quality", *BALANCE_KEYS))
+        truth_ratios, auc = None, None
+        if self.reference is None:
+            if needs_tr:
+                notes.append(
+                    f"forget_quality and forget_balance_* are None: no retain_logs_path (the retain model's "
+                    f"{self.name}_EVAL.json on the same forget split) was given"
+                )
+            if "privleak" in self.metrics:
+                notes.append(self.privleak_note)
+            return References()
+        if needs_tr:
+            n_forget = len(rows["forget"]) if "forget" in rows else None
+            split = self.forget_split or "forget"
+            truth_ratios = self.reference.forget_truth_ratios(expected_rows=n_forget, split=split)
+        if "privleak" in self.metrics:
+            auc = self.reference.mia_min_k_auc()
+        return References(truth_ratios, auc)
+
+    def mia_logs(
+        self,
+        member: tuple[Sequence[int], Mapping[str, Any]],
+        holdout: tuple[Sequence[int], Mapping[str, Any]],
+        device: torch.device,
+        gradnorm: bool,
+    ) -> dict[str, Any]:
+        """The chosen MIA attacks' entries from (index, scores) of the members and the holdout rows.
+
+        The scores are keyed as :data:`~baldro_pl.metrics.mia.MIA_SCORE_KEYS` names them.
+        """
+        logs: dict[str, Any] = {}
+        for attack in MIA_ATTACKS:
+            if attack not in self.metrics:
+                continue
+            if attack == "mia_gradnorm" and not gradnorm:
+                logs[attack] = value_entry(None)
+                continue
+            metric = MIAAUC().to(device)
+            for (index, scores), is_member in ((member, True), (holdout, False)):
+                metric.update(
+                    torch.as_tensor(index, dtype=torch.long), scores[MIA_SCORE_KEYS[attack]], member=is_member
+                )
+            logs[attack] = mia_entry(metric)
+        return logs
+
+    # ------------------------------------------------------------------ notes in plain words
+    def plain_note(self, note: str) -> str:
+        """A note about a missing or changed value, said in plain words (unknown notes unchanged)."""
+        reference = self.reference_model
+        log_name = f"{self.name}_EVAL.json"
+        if note.startswith("forget_quality and forget_balance_* are None"):
+            return (
+                "forget quality and the forgetting balance are not computed: both compare the model with the retain "
+                f"model, and retain_logs_path (the retain model's {log_name} on the same forget split) is not set"
             )
-        return self._prompt[key]
+        if note.startswith("privleak uses the reference AUC 0.5"):
+            return (
+                f"privleak is measured against an AUC of 0.5, not against the {reference} model's: retain_logs_path "
+                f"(the {reference} model's {log_name}) is not set"
+            )
+        if note.startswith("mia_gradnorm is None"):
+            return "mia_gradnorm is not computed under FSDP (gradient norms of sharded parameters)"
+        return note
 
-    def completion(self, prefix: str, text: str, index: int, *, max_length: int, insert_space: bool) -> EncodedSample:
-        """Scoring sample of a continuation (metrics-spec §1.3): prefix masked, continuation scored, no EOS."""
-        key = (prefix, text, max_length, insert_space)
-        if key not in self._completion:
-            s = encode_completion(self.tokenizer, prefix, text, max_length=max_length, insert_space=insert_space)
-            self._completion[key] = (s.input_ids, s.labels)
-        ids, labels = self._completion[key]
-        return EncodedSample(ids, labels, index)
-
-
-def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The id used to pad batches: the pad token, else EOS (open-unlearning sets ``pad_token = eos_token``)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise ValueError("the tokenizer has neither a pad nor an EOS token")
-    return pad
-
-
-def target_text(tokenizer: PreTrainedTokenizerBase, sample: EncodedSample) -> str:
-    """Decoded target tokens, special tokens skipped (the zlib attack's text, metrics-spec §4.1).
-
-    open-unlearning decodes with ``tokenizer.decode(ids, skip_special_tokens=True)``, so the tokenizer's own
-    ``clean_up_tokenization_spaces`` default decides whether tokenisation spaces are cleaned up: False for the Llama-2
-    tokenizers of the published TOFU and MUSE logs, True for the Llama-3.x ones. transformers 5 ignores that setting
-    for BPE tokenizers, so the transformers 4.x clean-up of the reference runs is applied here explicitly
-    (:func:`baldro_pl.metrics.generation.clean_up_tokenization`).
-    """
-    ids = scored_ids(sample.labels)
-    text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    return clean_up_tokenization(text) if getattr(tokenizer, "clean_up_tokenization_spaces", False) else text
+    def unexplained_missing(self, result: EvaluationResult) -> list[str]:
+        """Reported metrics without a value that none of the result's notes accounts for."""
+        explained: set[str] = set()
+        for note in result.warnings:
+            if note.startswith("forget_quality and forget_balance_*"):
+                explained.add("forget_quality")
+                explained.update(m for m in result.logs if m.startswith("forget_balance_"))
+            elif note.startswith("mia_gradnorm"):
+                explained.add("mia_gradnorm")
+        return [m for m in result.logs if m not in result.summary and m not in explained]

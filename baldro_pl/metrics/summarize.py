@@ -64,6 +64,11 @@ _JSON_TYPES = {"dict": "object", "list": "array", "str": "string", "int": "numbe
 _JSON_TYPES |= {"bool": "true/false", "NoneType": "null"}
 
 
+def _json_kind(value: Any) -> str:
+    """What ``value`` is called in JSON terms (object, array, string, number, true/false, null)."""
+    return _json_kind(value)
+
+
 class SummarizeError(ValueError):
     """An input ``baldro-pl summarize`` refuses: one line naming the file (and metric, row) and what is wrong."""
 
@@ -94,8 +99,7 @@ def _is_numeric(value: Any) -> bool:
 def _bad_value(name: str, row: int | str, field: str, value: Any) -> str:
     shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
     return (
-        f"metric {name!r}, row {row}: {field!r} must be a number or a list of numbers, "
-        f"got {_JSON_TYPES.get(type(value).__name__, type(value).__name__)} {shown}"
+        f"metric {name!r}, row {row}: {field!r} must be a number or a list of numbers, got {_json_kind(value)} {shown}"
     )
 
 
@@ -279,7 +283,7 @@ def read_log(path: str | os.PathLike, role: str = "evaluation log") -> dict[str,
         where = f"{err.msg.removesuffix(' at')} at line {err.lineno} column {err.colno}"
         raise SummarizeError(f"{role} {p} is not valid JSON{cause}: {where}") from None
     if not isinstance(logs, dict):
-        kind = _JSON_TYPES.get(type(logs).__name__, type(logs).__name__)
+        kind = _json_kind(logs)
         raise SummarizeError(f"{role} {p} must hold a JSON object of metrics, got a JSON {kind}")
     if not logs:
         raise SummarizeError(f"{role} {p} holds no metrics (an empty JSON object)")
@@ -307,8 +311,10 @@ def _metric_benchmark(name: str) -> str | None:
 
 
 def log_benchmark(logs: Mapping[str, Any], path: str | os.PathLike = "<log>", role: str = "evaluation log") -> str:
-    """The benchmark of a log, told from its keys: ``"TOFU"``, ``"MUSE"``, :data:`LEGACY_BENCHMARK` (the TOFU authors'
-    ``eval_log_aggregated.json``) or ``"TOFU or MUSE"`` (only metrics both suites log, such as ``mia_min_k``).
+    """The benchmark of a log, told from its keys.
+
+    ``"TOFU"``, ``"MUSE"``, :data:`LEGACY_BENCHMARK` (the TOFU authors' ``eval_log_aggregated.json``) or
+    ``"TOFU or MUSE"`` (only metrics both suites log, such as ``mia_min_k``).
 
     Raises:
         SummarizeError: the log holds no TOFU / MUSE metric, or metrics of both benchmarks.
@@ -366,7 +372,7 @@ def _check_rows(path: Any, name: str, entry: Mapping[str, Any], fields: Sequence
     if by_index is None:
         return
     if not isinstance(by_index, Mapping):
-        kind = _JSON_TYPES.get(type(by_index).__name__, type(by_index).__name__)
+        kind = _json_kind(by_index)
         raise SummarizeError(
             f"{path}: metric {name!r}: 'value_by_index' must be an object {{row: {{...}}}}, got {kind}"
         )
@@ -379,7 +385,7 @@ def _check_rows(path: Any, name: str, entry: Mapping[str, Any], fields: Sequence
         if row is None:
             continue
         if not isinstance(row, Mapping):
-            kind = _JSON_TYPES.get(type(row).__name__, type(row).__name__)
+            kind = _json_kind(row)
             raise SummarizeError(
                 f"{path}: metric {name!r}, row {key}: expected an object of per-sample fields, got {kind}"
             )
@@ -399,8 +405,10 @@ def _check_rows(path: Any, name: str, entry: Mapping[str, Any], fields: Sequence
 
 
 def check_log_structure(logs: Mapping[str, Any], path: str | os.PathLike = "<log>") -> None:
-    """Refuse, before any recomputation, an entry that is not ``{"agg_value", "value_by_index"}``, a malformed
-    per-sample value, and an aggregate whose source metrics the log lacks (open-unlearning layout).
+    """Refuse a malformed log (open-unlearning layout) before any recomputation.
+
+    Refused: an entry that is not ``{"agg_value", "value_by_index"}``, a malformed per-sample value, and an aggregate
+    whose source metrics the log lacks.
 
     Raises:
         SummarizeError: one line naming the file, the metric and, for a per-sample value, the row and field.
@@ -409,7 +417,7 @@ def check_log_structure(logs: Mapping[str, Any], path: str | os.PathLike = "<log
         if _metric_benchmark(name) is None:
             continue  # not a metric: shown with a note, never read
         if not isinstance(entry, Mapping):
-            kind = _JSON_TYPES.get(type(entry).__name__, type(entry).__name__)
+            kind = _json_kind(entry)
             raise SummarizeError(
                 f'{path}: metric {name!r} must be an object {{"agg_value": ..., "value_by_index": {{...}}}}, '
                 f"got {kind} {entry!r:.40}"
@@ -628,8 +636,10 @@ def _why_partial(name: str, logs: Mapping[str, Any], path: str) -> str | None:
 
 
 def _stale_scores(logs: Mapping[str, Any], name: str, path: str) -> str | None:
-    """A note when a truth-ratio metric's per-sample ``score`` disagrees with the ratios of its sources' ``avg_loss``
-    (the aggregate is recomputed from the losses, forget quality and balance from the scores)."""
+    """A note when a truth-ratio metric's per-sample ``score`` disagrees with the ratios of its sources' ``avg_loss``.
+
+    (The aggregate is recomputed from the losses, forget quality and balance from the scores).
+    """
     correct_name, wrong_name, _ = _TR_SOURCES[name]
     correct, wrong, scores = (
         _field(logs, correct_name, "avg_loss"),
@@ -729,8 +739,10 @@ def check_log(path: str | os.PathLike, reference: str | os.PathLike | None = Non
 
 
 def summarize_file(path: str, reference: str | None = None) -> dict[str, dict[str, float | None]]:
-    """``{metric: {"logged": agg_value, "recomputed": value}}`` for a log file (either format); see :func:`check_log`
-    for the verdicts and the reasons."""
+    """``{metric: {"logged": agg_value, "recomputed": value}}`` for a log file (either format).
+
+    See :func:`check_log` for the verdicts and the reasons.
+    """
     return {r.name: {"logged": r.logged, "recomputed": r.recomputed} for r in check_log(path, reference).rows}
 
 

@@ -18,582 +18,305 @@ metric states are gathered and de-duplicated by row index.
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from torch import Tensor
 
 from baldro_pl.datamodules.formatting import EncodedSample, PromptFormat
-from baldro_pl.distributed import all_gather_objects, rank_world, shard_indices
-from baldro_pl.metrics.functional.balance import BALANCE_KEYS, forgetting_balance
-from baldro_pl.metrics.functional.forget_quality import forget_quality
+from baldro_pl.distributed import all_gather_objects
+from baldro_pl.metrics.functional.balance import BALANCE_KEYS
 from baldro_pl.metrics.functional.mia import privleak, zlib_scores
 from baldro_pl.metrics.functional.utility import MODEL_UTILITY_COMPONENTS, model_utility
-from baldro_pl.metrics.generation import decode, greedy_generate, reference_text
-from baldro_pl.metrics.likelihood import SCORE_KEYS, CallContext, gradnorm_scores, model_device, score_samples
-from baldro_pl.metrics.logs import ReferenceLog
+from baldro_pl.metrics.generation import decode, greedy_generate, reference_text, target_text
+from baldro_pl.metrics.indexed import IndexedMetric
+from baldro_pl.metrics.likelihood import SCORE_KEYS, gradnorm_scores, score_samples
+from baldro_pl.metrics.logs import probability_entry, rouge_entry, score_entry, value_entry
 from baldro_pl.metrics.memorization import ExactMemorization, ExtractionStrength
-from baldro_pl.metrics.mia import MIA_ATTACKS, MIAAUC
 from baldro_pl.metrics.probability import NormalisedProbability, Probability
 from baldro_pl.metrics.rouge import ROUGE
 from baldro_pl.metrics.strata import strata_of_rows, stratum_logs
-from baldro_pl.metrics.suite import (
-    EncodingCache,
-    EvaluationResult,
-    mia_entry,
-    pad_token_id,
-    probability_entry,
-    resolve_metrics,
-    rouge_entry,
-    score_entry,
-    target_text,
+from baldro_pl.metrics.suite import ModelRun, References, Rows, Suite, require_at_least_one
+from baldro_pl.metrics.tofu_plan import (
+    ALIASES,
+    DEPENDS,
+    PREFIX,
+    TOFU_METRICS,
+    check_rows,
+    plan_splits,
+    question_field,
 )
-from baldro_pl.metrics.truth_ratio import TruthRatio
-
-log = logging.getLogger(__name__)
-
-TOFU_SPLITS: tuple[str, ...] = ("forget", "retain", "real_authors", "world_facts", "holdout")
-_PREFIX = {"forget": "forget", "retain": "retain", "real_authors": "ra", "world_facts": "wf"}
-
-#: Every metric of the suite, in log order. ``*_PARA_ROUGE`` / ``*_PERT_ROUGE`` are in upstream open-unlearning's
-#: ``tofu.yaml`` (not in the BalDRO fork's); ``forget_balance_*`` is baldro-pl's forgetting balance.
-TOFU_METRICS: tuple[str, ...] = (
-    "forget_Q_A_Prob",
-    "forget_Q_A_PARA_Prob",
-    "forget_Q_A_PERT_Prob",
-    "forget_Q_A_ROUGE",
-    "forget_Q_A_PARA_ROUGE",
-    "forget_Q_A_PERT_ROUGE",
-    "forget_truth_ratio",
-    "forget_quality",
-    *BALANCE_KEYS,
-    "retain_Q_A_Prob",
-    "retain_Q_A_PARA_Prob",
-    "retain_Q_A_PERT_Prob",
-    "retain_Q_A_ROUGE",
-    "retain_Q_A_PARA_ROUGE",
-    "retain_Q_A_PERT_ROUGE",
-    "retain_Truth_Ratio",
-    "ra_Q_A_Prob",
-    "ra_Q_A_PERT_Prob",
-    "ra_Q_A_Prob_normalised",
-    "ra_Q_A_ROUGE",
-    "ra_Truth_Ratio",
-    "wf_Q_A_Prob",
-    "wf_Q_A_PERT_Prob",
-    "wf_Q_A_Prob_normalised",
-    "wf_Q_A_ROUGE",
-    "wf_Truth_Ratio",
-    "model_utility",
-    "privleak",
-    *MIA_ATTACKS,
-    "extraction_strength",
-    "exact_memorization",
-)
-
-_DEPENDS: dict[str, tuple[str, ...]] = {
-    "forget_truth_ratio": ("forget_Q_A_PARA_Prob", "forget_Q_A_PERT_Prob"),
-    "forget_quality": ("forget_truth_ratio",),
-    **{key: ("forget_truth_ratio",) for key in BALANCE_KEYS},
-    "retain_Truth_Ratio": ("retain_Q_A_PARA_Prob", "retain_Q_A_PERT_Prob"),
-    "ra_Truth_Ratio": ("ra_Q_A_Prob", "ra_Q_A_PERT_Prob"),
-    "ra_Q_A_Prob_normalised": ("ra_Q_A_Prob", "ra_Q_A_PERT_Prob"),
-    "wf_Truth_Ratio": ("wf_Q_A_Prob", "wf_Q_A_PERT_Prob"),
-    "wf_Q_A_Prob_normalised": ("wf_Q_A_Prob", "wf_Q_A_PERT_Prob"),
-    "model_utility": MODEL_UTILITY_COMPONENTS,
-    "privleak": ("mia_min_k",),
-}
-_ALIASES = {"forget_balance": BALANCE_KEYS}
-
-_ANSWER_METRICS = (
-    "mia_loss",
-    "mia_zlib",
-    "mia_min_k",
-    "mia_min_k_plus_plus",
-    "exact_memorization",
-    "extraction_strength",
-)
-_VOCAB_METRICS = {
-    "forget": ("mia_min_k_plus_plus", "exact_memorization", "extraction_strength"),
-    "holdout": ("mia_min_k_plus_plus",),
-}
+from baldro_pl.metrics.truth_ratio import ForgetQuality, ForgettingBalance, TruthRatio
 
 
 @dataclass
-class _SplitPlan:
-    """What one split needs: which answer variants are scored, whether it is generated from, gradnorm."""
+class SplitScores:
+    """This process's shard of one split, after the model ran on it.
 
-    split: str
-    answer: bool = False
-    vocab: bool = False
-    para: bool = False
-    pert: bool = False
-    generate: bool = False
-    gradnorm: bool = False
+    Attributes:
+        index: the shard's row indices.
+        answer: per-row statistics of the answer (:data:`~baldro_pl.metrics.likelihood.SCORE_KEYS`; NaN if unscored).
+        para: ``[n]`` average NLL of the paraphrased answer (NaN if unscored).
+        pert: ``[n, K]`` average NLLs of the perturbed answers (NaN if unscored).
+        zlib: ``[n]`` zlib MIA scores of the answers (forget and holdout).
+        gradnorm: ``[n]`` gradient norms of the answers (forget and holdout, when gradnorm runs).
+        texts: shard position -> input, generation and ground truths of the generated rows.
+    """
 
-    @property
-    def needed(self) -> bool:
-        return self.answer or self.para or self.pert or self.generate or self.gradnorm
+    index: list[int]
+    answer: dict[str, Tensor]
+    para: Tensor
+    pert: Tensor
+    zlib: Tensor | None = None
+    gradnorm: Tensor | None = None
+    texts: dict[int, dict[str, Any]] = field(default_factory=dict)
 
-
-def _plan(metrics: Sequence[str]) -> dict[str, _SplitPlan]:
-    chosen = set(metrics)
-    plans = {split: _SplitPlan(split) for split in TOFU_SPLITS}
-    for split, prefix in _PREFIX.items():
-        p = plans[split]
-        p.answer = f"{prefix}_Q_A_Prob" in chosen
-        p.para = f"{prefix}_Q_A_PARA_Prob" in chosen
-        p.pert = f"{prefix}_Q_A_PERT_Prob" in chosen
-        p.generate = any(f"{prefix}_Q_A_{v}ROUGE" in chosen for v in ("", "PARA_", "PERT_"))
-    for split in ("forget", "holdout"):
-        p = plans[split]
-        answer_metrics = _ANSWER_METRICS if split == "forget" else _ANSWER_METRICS[:4]
-        p.answer = p.answer or any(m in chosen for m in answer_metrics)
-        p.vocab = any(m in chosen for m in _VOCAB_METRICS[split])
-        p.gradnorm = "mia_gradnorm" in chosen
-    return plans
+    def mia_scores(self) -> tuple[list[int], dict[str, Any]]:
+        """(index, scores) as :meth:`Suite.mia_logs` reads them."""
+        return self.index, {**self.answer, "zlib": self.zlib, "gradnorm": self.gradnorm}
 
 
-class TOFUEvaluator:
-    """Runs the TOFU suite on a model; keeps tokenisations across calls (use one instance per run).
+def _updated(metric: IndexedMetric, device: torch.device, *args: Any) -> Any:
+    """``metric`` on ``device`` with one update."""
+    metric = metric.to(device)
+    metric.update(*args)
+    return metric
+
+
+class TOFUSuite(Suite):
+    """The TOFU suite; keeps tokenisations across calls through its encoder (use one instance per run).
 
     Args:
-        tokenizer: the model's tokenizer.
-        prompt_format: how questions become prompts (``PromptFormat.llama2_chat()`` for the BalDRO Llama-2 setup).
         metrics: metric names to report (None = the full suite, :data:`TOFU_METRICS`); dependencies are added
             (e.g. ``model_utility`` brings its nine components). ``"forget_balance"`` selects the three balance keys.
-        exclude: names to leave out of the request (e.g. ``["mia_gradnorm"]``, the expensive one).
         retain_logs_path: the retain model's ``TOFU_EVAL.json`` on the same forget split (or the loaded log), for
             forget quality, forgetting balance and privleak. Without it forget quality and balance are None (with a
             warning) and privleak uses open-unlearning's reference AUC 0.5.
-        forget_split: name of the forget split (``forget10``...), used in messages.
         batch_size: rows per forward / generate call (32 as in open-unlearning; gradnorm always uses 1).
         max_new_tokens: generation budget for ROUGE (200 in the published metric).
-        max_length: token cap of prompts and QA pairs (512).
+        max_length: token cap of prompts and QA pairs (None: the encoder's, i.e. the datamodule's ``max_length``).
         question_key: question field of the forget and retain rows (``"paraphrased_question"`` is also used).
-        mia_k: the min-k / min-k++ fraction (0.4).
-        gradnorm_p: the norm of ``mia_gradnorm`` (1, 2 or inf).
-        sort_by_length: batch rows of similar length together (less padding; P13 numerics aside, same results).
         balance_percentiles: the reference range of the forgetting balance.
+        **kwargs: ``exclude``, ``mia_k``, ``gradnorm_p``, ``sort_by_length`` (see :class:`Suite`).
     """
+
+    name = "TOFU"
+    headline = (
+        "forget_quality",
+        "model_utility",
+        "forget_truth_ratio",
+        "privleak",
+        "forget_Q_A_Prob",
+        "forget_Q_A_ROUGE",
+    )
+    available = TOFU_METRICS
+    depends = DEPENDS
+    aliases = ALIASES
 
     def __init__(
         self,
-        tokenizer: PreTrainedTokenizerBase,
-        prompt_format: PromptFormat | None = None,
         *,
         metrics: Sequence[str] | None = None,
-        exclude: Sequence[str] = (),
-        retain_logs_path: str | os.PathLike | Mapping[str, Any] | None = None,
-        forget_split: str | None = None,
+        retain_logs_path: str | Mapping[str, Any] | None = None,
         batch_size: int = 32,
         max_new_tokens: int = 200,
-        max_length: int = 512,
+        max_length: int | None = None,
         question_key: str = "question",
-        mia_k: float = 0.4,
-        gradnorm_p: float = 2.0,
-        sort_by_length: bool = True,
         balance_percentiles: tuple[float, float] = (5.0, 95.0),
+        **kwargs: Any,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        self.tokenizer = tokenizer
-        self.prompt_format = prompt_format or PromptFormat.llama2_chat()
-        self.metrics = resolve_metrics(metrics, exclude, TOFU_METRICS, _DEPENDS, _ALIASES, suite="TOFU")
-        self.reference = None if retain_logs_path is None else ReferenceLog(retain_logs_path)
-        self.forget_split = forget_split
+        require_at_least_one(batch_size=batch_size, max_new_tokens=max_new_tokens)
+        super().__init__(metrics=metrics, retain_logs_path=retain_logs_path, **kwargs)
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.max_length = max_length
         self.question_key = question_key
-        self.mia_k = mia_k
-        self.gradnorm_p = gradnorm_p
-        self.sort_by_length = sort_by_length
         self.balance_percentiles = balance_percentiles
-        self.cache = EncodingCache(tokenizer, self.prompt_format, max_length)
-        self.plans = _plan(self.metrics)
+        self.plans = plan_splits(self.metrics)
 
-    # ------------------------------------------------------------------ validation
-    def _split_name(self, split: str) -> str:
-        return f"{split} ({self.forget_split})" if split == "forget" and self.forget_split else split
+    @classmethod
+    def default_prompt_format(cls) -> PromptFormat:
+        """Llama-2 chat, the BalDRO setup's format."""
+        return PromptFormat.llama2_chat()
 
-    def _check_rows(self, rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
-        for split, plan in self.plans.items():
-            if not plan.needed:
-                continue
-            if split not in rows:
-                raise KeyError(
-                    f"TOFU evaluation needs the {split!r} split (metrics {self._users(split)}); got {sorted(rows)}"
-                )
-            if len(rows[split]) == 0:
-                raise ValueError(f"TOFU split {self._split_name(split)!r} is empty")
-            qkey = self.question_key if split in ("forget", "retain") else "question"
-            fields = [qkey, "answer"]
-            if plan.para:
-                fields.append("paraphrased_answer")
-            if plan.pert or (plan.generate and f"{_PREFIX.get(split)}_Q_A_PERT_ROUGE" in self.metrics):
-                fields.append("perturbed_answer")
-            if plan.generate and f"{_PREFIX.get(split)}_Q_A_PARA_ROUGE" in self.metrics:
-                fields.append("paraphrased_answer")
-            n_options = None
-            for i, row in enumerate(rows[split]):
-                missing = [f for f in fields if f not in row or row[f] is None]
-                if missing:
-                    hint = (
-                        " (use the *_perturbed config of this split)"
-                        if "perturbed_answer" in missing or "paraphrased_answer" in missing
-                        else ""
-                    )
-                    raise ValueError(
-                        f"TOFU split {self._split_name(split)!r} row {i} has no {missing} field, needed by "
-                        f"{self._users(split)}{hint}"
-                    )
-                if "perturbed_answer" in fields:
-                    options = row["perturbed_answer"]
-                    if isinstance(options, str) or not isinstance(options, Sequence) or len(options) == 0:
-                        raise ValueError(
-                            f"TOFU split {self._split_name(split)!r} row {i}: 'perturbed_answer' must be a "
-                            "non-empty list"
-                        )
-                    if n_options is None:
-                        n_options = len(options)
-                    elif len(options) != n_options:
-                        raise ValueError(
-                            f"TOFU split {self._split_name(split)!r} row {i} has {len(options)} perturbed answers, "
-                            f"earlier rows {n_options}"
-                        )
+    def check_rows(self, rows: Rows) -> None:
+        """Every split the chosen metrics read, with the fields they need (messages name split, row and field)."""
+        check_rows(rows, self.plans, self.metrics, question_key=self.question_key, forget_split=self.forget_split)
 
-    def _users(self, split: str) -> list[str]:
-        prefix = _PREFIX.get(split, "")
-        names = [m for m in self.metrics if prefix and m.startswith(prefix + "_")]
-        if split in ("forget", "holdout"):
-            names += [m for m in self.metrics if m.startswith("mia_") or m in ("privleak",)]
-        return names
+    def scored_splits(self) -> list[str]:
+        """The splits some chosen metric reads."""
+        return [split for split, plan in self.plans.items() if plan.needed]
 
-    def _reference_values(self, n_forget: int | None) -> tuple[Any, float | None, list[str]]:
-        notes: list[str] = []
-        needs_tr = any(m in self.metrics for m in ("forget_quality", *BALANCE_KEYS))
-        ref_tr, ref_auc = None, None
-        if self.reference is None:
-            if needs_tr:
-                notes.append(
-                    "forget_quality and forget_balance_* are None: no retain_logs_path (the retain model's "
-                    "TOFU_EVAL.json on the same forget split) was given"
-                )
-            if "privleak" in self.metrics:
-                notes.append("privleak uses the reference AUC 0.5: no retain_logs_path was given")
-            return ref_tr, ref_auc, notes
-        if needs_tr:
-            ref_tr = self.reference.forget_truth_ratios(expected_rows=n_forget, split=self.forget_split or "forget")
-        if "privleak" in self.metrics:
-            ref_auc = self.reference.mia_min_k_auc()
-        return ref_tr, ref_auc, notes
-
-    # ------------------------------------------------------------------ evaluation
-    def evaluate(
-        self,
-        model: torch.nn.Module,
-        rows: Mapping[str, Sequence[Mapping[str, Any]]],
-        *,
-        call_context: CallContext | None = None,
-        synced_gpus: bool = False,
-        allow_gradnorm: bool = True,
-    ) -> EvaluationResult:
-        """Evaluate ``model`` on ``rows`` and return the logs (collective in a process group: call on every rank).
-
-        Args:
-            model: a Hugging Face causal LM. Its train/eval modes and gradients are restored afterwards.
-            rows: raw rows per split (see the module docstring).
-            call_context: factory of a context manager entered around every forward / generate call.
-            synced_gpus: passed to ``generate`` (needed under FSDP).
-            allow_gradnorm: False skips ``mia_gradnorm`` (value None, with a warning), e.g. under FSDP.
-        """
-        self._check_rows(rows)
-        n_forget = len(rows["forget"]) if "forget" in rows else None
-        ref_tr, ref_auc, notes = self._reference_values(n_forget)
-        rank, world = rank_world()
-        shards = {s: shard_indices(len(rows[s]), rank, world) for s, p in self.plans.items() if p.needed}
-        gradnorm = "mia_gradnorm" in self.metrics and allow_gradnorm
-        if "mia_gradnorm" in self.metrics and not allow_gradnorm:
-            notes.append("mia_gradnorm is None: gradnorm was not allowed in this run (FSDP)")
-
-        modes = {m: m.training for m in model.modules()}
-        try:
-            model.eval()
-            per_split = self._run_model(model, rows, shards, call_context, synced_gpus, gradnorm)
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
-        metrics = self._update_metrics(per_split, shards, model_device(model), gradnorm)
-        logs = self._compute_logs(metrics, per_split, ref_tr, ref_auc, gradnorm)
-        # forget rows with a "stratum" field (memorisation strata): the forget metrics per stratum as well
-        strata = strata_of_rows(rows["forget"]) if "forget" in rows else {}
-        logs.update(stratum_logs(logs, strata, ref_tr, balance_percentiles=self.balance_percentiles))
-        for note in notes:
-            log.warning(note)
-        return EvaluationResult.from_logs(logs, notes)
-
-    def _qkey(self, split: str) -> str:
-        return self.question_key if split in ("forget", "retain") else "question"
-
-    def _run_model(self, model, rows, shards, call_context, synced_gpus, gradnorm) -> dict[str, dict[str, Any]]:
-        tok = self.tokenizer
+    # ------------------------------------------------------------------ the model
+    def run_model(
+        self, model: torch.nn.Module, rows: Rows, shards: Mapping[str, list[int]], run: ModelRun
+    ) -> dict[str, SplitScores]:
+        """One pooled scoring pass, one generation per generated row, gradnorm for forget and holdout."""
+        enc = self.encoder
         samples: list[EncodedSample] = []
         vocab: list[bool] = []
         slots: list[tuple[str, str, int, int]] = []  # (split, variant, position in shard, option)
         prompts: list[list[int]] = []
         prompt_slots: list[tuple[str, int, int]] = []  # (split, position in shard, row)
-        per_split: dict[str, dict[str, Any]] = {}
+        scores: dict[str, SplitScores] = {}
         for split, shard in shards.items():
-            plan, data = self.plans[split], rows[split]
-            qkey = self._qkey(split)
-            out: dict[str, Any] = {"index": shard}
-            n_options = len(data[0]["perturbed_answer"]) if plan.pert else 0
+            plan, data, qkey = self.plans[split], rows[split], question_field(split, self.question_key)
             for pos, r in enumerate(shard):
-                row = data[r]
-                q = row[qkey]
-                if plan.answer or plan.gradnorm:
-                    samples.append(self.cache.qa(q, row["answer"], r))
-                    vocab.append(plan.vocab)
-                    slots.append((split, "answer", pos, 0))
-                if plan.para:
-                    samples.append(self.cache.qa(q, row["paraphrased_answer"], r))
-                    vocab.append(False)
-                    slots.append((split, "para", pos, 0))
-                if plan.pert:
-                    for k, option in enumerate(row["perturbed_answer"]):
-                        samples.append(self.cache.qa(q, option, r))
-                        vocab.append(False)
-                        slots.append((split, "pert", pos, k))
+                q = data[r][qkey]
+                variants = [("answer", 0, data[r]["answer"])] if plan.answer or plan.gradnorm else []
+                variants += [("para", 0, data[r]["paraphrased_answer"])] if plan.para else []
+                variants += [("pert", k, a) for k, a in enumerate(data[r]["perturbed_answer"])] if plan.pert else []
+                for variant, k, answer in variants:
+                    samples.append(enc.qa(q, answer, r, max_length=self.max_length))
+                    vocab.append(plan.vocab and variant == "answer")
+                    slots.append((split, variant, pos, k))
                 if plan.generate:
-                    prompts.append(self.cache.prompt(q))
+                    prompts.append(enc.prompt(q, max_length=self.max_length))
                     prompt_slots.append((split, pos, r))
-            size = len(shard)
-            for variant in ("answer", "para"):
-                out[variant] = {key: torch.full((size,), float("nan"), dtype=torch.float64) for key in SCORE_KEYS}
-            out["pert"] = torch.full((size, max(n_options, 1)), float("nan"), dtype=torch.float64)
-            per_split[split] = out
-
-        scores = score_samples(
-            model,
-            samples,
-            pad_token_id=pad_token_id(tok),
-            batch_size=self.batch_size,
-            vocab=vocab,
-            k=self.mia_k,
-            sort_by_length=self.sort_by_length,
-            call_context=call_context,
-        )
+            size, n_options = len(shard), len(data[0]["perturbed_answer"]) if plan.pert else 0
+            nan = torch.full((size,), float("nan"), dtype=torch.float64)
+            scores[split] = SplitScores(
+                index=shard,
+                answer={key: nan.clone() for key in SCORE_KEYS},
+                para=nan.clone(),
+                pert=torch.full((size, max(n_options, 1)), float("nan"), dtype=torch.float64),
+            )
+        common = {
+            "batch_size": self.batch_size,
+            "sort_by_length": self.sort_by_length,
+            "call_context": run.call_context,
+        }
+        values = score_samples(model, samples, pad_token_id=enc.pad_token_id, vocab=vocab, k=self.mia_k, **common)
         answer_samples: dict[str, list[EncodedSample]] = {s: [None] * len(shards[s]) for s in shards}  # type: ignore[list-item]
         for j, (split, variant, pos, k) in enumerate(slots):
-            out = per_split[split]
+            out = scores[split]
             if variant == "pert":
-                out["pert"][pos, k] = scores["avg_loss"][j]
+                out.pert[pos, k] = values["avg_loss"][j]
+            elif variant == "para":
+                out.para[pos] = values["avg_loss"][j]
             else:
                 for key in SCORE_KEYS:
-                    out[variant][key][pos] = scores[key][j]
-                if variant == "answer":
-                    answer_samples[split][pos] = samples[j]
-        for split, out in per_split.items():
+                    out.answer[key][pos] = values[key][j]
+                answer_samples[split][pos] = samples[j]
+        for split, out in scores.items():
             if self.plans[split].answer:
-                out["zlib"] = zlib_scores(
-                    out["answer"]["avg_loss"], [target_text(tok, s) for s in answer_samples[split]]
-                )
-
+                texts = [target_text(enc.tokenizer, s) for s in answer_samples[split]]
+                out.zlib = zlib_scores(out.answer["avg_loss"], texts)
         if prompts:
+            tok, budget = enc.tokenizer, self.max_new_tokens
             generations = greedy_generate(
-                model,
-                tok,
-                prompts,
-                max_new_tokens=self.max_new_tokens,
-                batch_size=self.batch_size,
-                sort_by_length=self.sort_by_length,
-                synced_gpus=synced_gpus,
-                call_context=call_context,
+                model, tok, prompts, max_new_tokens=budget, synced_gpus=run.synced_gpus, **common
             )
             for (split, pos, r), prompt, text in zip(prompt_slots, prompts, generations):
-                per_split[split].setdefault("texts", {})[pos] = self._texts(split, r, rows, prompt, text)
+                scores[split].texts[pos] = self._texts(split, rows[split][r], r, prompt, text)
+        for split in ("forget", "holdout") if run.gradnorm else ():
+            if split in shards and self.plans[split].gradnorm:
+                scores[split].gradnorm = gradnorm_scores(
+                    model, answer_samples[split], p=self.gradnorm_p, call_context=run.call_context
+                )
+        return scores
 
-        if gradnorm:
-            for split in ("forget", "holdout"):
-                if split in shards and self.plans[split].gradnorm:
-                    per_split[split]["gradnorm"] = gradnorm_scores(
-                        model, answer_samples[split], p=self.gradnorm_p, call_context=call_context
-                    )
-        return per_split
-
-    def _texts(self, split: str, r: int, rows, prompt: list[int], generation: str) -> dict[str, Any]:
-        """input / generation / ground truths (answer, paraphrase, perturbed) of generated row ``r``."""
-        row = rows[split][r]
-        q = row[self._qkey(split)]
-        prefix = _PREFIX[split]
+    def _texts(self, split: str, row: Mapping[str, Any], r: int, prompt: list[int], generation: str) -> dict[str, Any]:
+        """Input / generation / ground truths (answer, paraphrase, perturbed) of generated row ``r``."""
+        enc, q, prefix = self.encoder, row[question_field(split, self.question_key)], PREFIX[split]
 
         def gt(answer: str) -> str:
-            return reference_text(self.tokenizer, prompt, self.cache.qa(q, answer, r).input_ids)
+            return reference_text(enc.tokenizer, prompt, enc.qa(q, answer, r, max_length=self.max_length).input_ids)
 
-        texts: dict[str, Any] = {
-            "input": decode(self.tokenizer, prompt),
-            "generation": generation,
-            "answer": gt(row["answer"]),
-        }
+        texts: dict[str, Any] = {"input": decode(enc.tokenizer, prompt), "generation": generation}
+        texts["answer"] = gt(row["answer"])
         if f"{prefix}_Q_A_PARA_ROUGE" in self.metrics:
             texts["para"] = gt(row["paraphrased_answer"])
         if f"{prefix}_Q_A_PERT_ROUGE" in self.metrics:
             texts["pert"] = [gt(a) for a in row["perturbed_answer"]]
         return texts
 
-    def _update_metrics(self, per_split, shards, device, gradnorm) -> dict[str, Any]:
-        chosen = set(self.metrics)
-        metrics: dict[str, Any] = {}
-
-        def new(name: str, factory):
-            metrics[name] = factory().to(device)
-            return metrics[name]
-
-        for split, prefix in _PREFIX.items():
-            if split not in per_split:
+    # ------------------------------------------------------------------ the log
+    def compute_logs(
+        self,
+        outputs: dict[str, SplitScores],
+        rows: Rows,
+        shards: Mapping[str, list[int]],
+        references: References,
+        device: torch.device,
+        gradnorm: bool,
+    ) -> dict[str, Any]:
+        """Every chosen metric's entry, from gathered states (the same syncs in the same order on every rank)."""
+        chosen, logs = set(self.metrics), {}
+        texts = self._gathered_texts(outputs)
+        for split, prefix in PREFIX.items():
+            if split not in outputs:
                 continue
-            out = per_split[split]
-            index = torch.tensor(out["index"], dtype=torch.long)
-            ans, para, pert = out["answer"]["avg_loss"], out["para"]["avg_loss"], out["pert"]
-            for name, values in (
-                (f"{prefix}_Q_A_Prob", ans),
-                (f"{prefix}_Q_A_PARA_Prob", para),
-                (f"{prefix}_Q_A_PERT_Prob", pert),
-            ):
+            out = outputs[split]
+            index = torch.tensor(out.index, dtype=torch.long)
+            ans, para, pert = out.answer["avg_loss"], out.para, out.pert
+            probs = ((f"{prefix}_Q_A_Prob", ans), (f"{prefix}_Q_A_PARA_Prob", para), (f"{prefix}_Q_A_PERT_Prob", pert))
+            for name, values in probs:
                 if name in chosen:
-                    new(name, Probability).update(index, values)
+                    logs[name] = probability_entry(_updated(Probability(), device, index, values))
             tr_name = "forget_truth_ratio" if split == "forget" else f"{prefix}_Truth_Ratio"
+            correct = para if split in ("forget", "retain") else ans  # P5
             if tr_name in chosen:
                 aggregator = "closer_to_1_better" if split == "forget" else "true_better"
-                correct = para if split in ("forget", "retain") else ans  # P5
-                new(tr_name, lambda a=aggregator: TruthRatio(a)).update(index, correct, pert)
+                logs[tr_name] = score_entry(_updated(TruthRatio(aggregator), device, index, correct, pert))
             if f"{prefix}_Q_A_Prob_normalised" in chosen:
-                new(f"{prefix}_Q_A_Prob_normalised", NormalisedProbability).update(index, ans, pert)
-            texts = out.get("texts", {})
+                metric = _updated(NormalisedProbability(), device, index, ans, pert)
+                logs[f"{prefix}_Q_A_Prob_normalised"] = score_entry(metric, "prob")
             for variant, key in (("", "answer"), ("PARA_", "para"), ("PERT_", "pert")):
                 name = f"{prefix}_Q_A_{variant}ROUGE"
                 if name in chosen:
-                    positions = sorted(texts)
-                    new(name, lambda: ROUGE("rougeL_recall")).update(
-                        index[positions],
-                        [texts[p]["generation"] for p in positions],
-                        [texts[p][key] for p in positions],
-                    )
+                    positions = sorted(out.texts)
+                    generations = [out.texts[p]["generation"] for p in positions]
+                    truths = [out.texts[p][key] for p in positions]
+                    metric = _updated(ROUGE("rougeL_recall"), device, index[positions], generations, truths)
+                    rows_texts = {r: {**t, "ground_truth": t[key]} for r, t in texts[split].items()}
+                    logs[name] = rouge_entry(metric, rows_texts)
+            if split == "forget":
+                logs.update(self._forget_logs(chosen, out, index, correct, references, device))
+        if "forget" in outputs and "holdout" in outputs:
+            logs.update(
+                self.mia_logs(outputs["forget"].mia_scores(), outputs["holdout"].mia_scores(), device, gradnorm)
+            )
+        if "model_utility" in chosen:
+            logs["model_utility"] = value_entry(
+                model_utility({k: logs[k]["agg_value"] for k in MODEL_UTILITY_COMPONENTS})
+            )
+        if "privleak" in chosen:
+            logs["privleak"] = value_entry(privleak(logs["mia_min_k"]["agg_value"], references.mia_auc))
+        # forget rows with a "stratum" field (memorisation strata): the forget metrics per stratum as well
+        strata = strata_of_rows(rows["forget"]) if "forget" in rows else {}
+        return logs | stratum_logs(logs, strata, references.truth_ratios, balance_percentiles=self.balance_percentiles)
 
-        if "forget" in per_split:
-            forget = per_split["forget"]
-            index = torch.tensor(forget["index"], dtype=torch.long)
-            if "exact_memorization" in chosen:
-                new("exact_memorization", ExactMemorization).update(index, forget["answer"]["exact_memorization"])
-            if "extraction_strength" in chosen:
-                new("extraction_strength", ExtractionStrength).update(index, forget["answer"]["extraction_strength"])
-        for attack in MIA_ATTACKS:
-            if attack not in chosen or (attack == "mia_gradnorm" and not gradnorm):
-                continue
-            metric = new(attack, MIAAUC)
-            for split, member in (("forget", True), ("holdout", False)):
-                out = per_split[split]
-                scores = {
-                    "mia_loss": out["answer"]["avg_loss"],
-                    "mia_zlib": out.get("zlib"),
-                    "mia_min_k": out["answer"]["min_k"],
-                    "mia_min_k_plus_plus": out["answer"]["min_k_plus_plus"],
-                    "mia_gradnorm": out.get("gradnorm"),
-                }[attack]
-                metric.update(torch.tensor(out["index"], dtype=torch.long), scores, member=member)
-        return metrics
+    def _forget_logs(
+        self, chosen: set[str], out: SplitScores, index: Tensor, para: Tensor, references: References, device
+    ) -> dict[str, Any]:
+        """Memorisation, forget quality and forgetting balance of the forget split."""
+        logs: dict[str, Any] = {}
+        for name, cls in (("exact_memorization", ExactMemorization), ("extraction_strength", ExtractionStrength)):
+            if name in chosen:
+                logs[name] = score_entry(_updated(cls(), device, index, out.answer[name]))
+        ref = references.truth_ratios
+        if "forget_quality" in chosen:
+            quality = None if ref is None else _updated(ForgetQuality(ref), device, index, para, out.pert).compute()
+            logs["forget_quality"] = value_entry(None if quality is None else quality.item())
+        if any(key in chosen for key in BALANCE_KEYS):
+            balance = [None] * len(BALANCE_KEYS)
+            if ref is not None:
+                low, high = self.balance_percentiles
+                metric = ForgettingBalance(ref, lower_percentile=low, upper_percentile=high)
+                balance = _updated(metric, device, index, para, out.pert).compute().tolist()
+            logs.update({key: value_entry(v) for key, v in zip(BALANCE_KEYS, balance) if key in chosen})
+        return logs
 
-    def _compute_logs(self, metrics, per_split, ref_tr, ref_auc, gradnorm) -> dict[str, Any]:
-        """Aggregate every metric (collective: the same sequence of syncs on every rank)."""
-        texts_by_split: dict[str, dict[int, Any]] = {}
-        local = {
-            split: {int(out["index"][pos]): t for pos, t in out.get("texts", {}).items()}
-            for split, out in per_split.items()
-        }
+    @staticmethod
+    def _gathered_texts(outputs: Mapping[str, SplitScores]) -> dict[str, dict[int, dict[str, Any]]]:
+        """Split -> row -> texts of the generated rows of every process (collective)."""
+        local = {split: {out.index[pos]: t for pos, t in out.texts.items()} for split, out in outputs.items()}
+        texts: dict[str, dict[int, dict[str, Any]]] = {split: {} for split in outputs}
         for gathered in all_gather_objects(local):
             for split, by_row in gathered.items():
-                bucket = texts_by_split.setdefault(split, {})
                 for r, t in by_row.items():
-                    bucket.setdefault(r, t)
-        logs: dict[str, Any] = {}
-        for name in self.metrics:
-            metric = metrics.get(name)
-            if isinstance(metric, Probability):
-                logs[name] = probability_entry(metric)
-            elif isinstance(metric, ROUGE):
-                split = next(s for s, p in _PREFIX.items() if name.startswith(p + "_"))
-                key = "para" if "_PARA_" in name else "pert" if "_PERT_" in name else "answer"
-                rows = {
-                    r: {"input": t["input"], "generation": t["generation"], "ground_truth": t[key]}
-                    for r, t in texts_by_split[split].items()
-                }
-                logs[name] = rouge_entry(metric, rows)
-            elif isinstance(metric, MIAAUC):
-                logs[name] = mia_entry(metric)
-            elif isinstance(metric, TruthRatio | NormalisedProbability):
-                logs[name] = score_entry(metric, "prob" if isinstance(metric, NormalisedProbability) else "score")
-            elif isinstance(metric, ExactMemorization | ExtractionStrength):
-                logs[name] = score_entry(metric)
-        if "mia_gradnorm" in self.metrics and not gradnorm:
-            logs["mia_gradnorm"] = {"agg_value": None}
-        if "forget_quality" in self.metrics or any(k in self.metrics for k in BALANCE_KEYS):
-            tr = None
-            if ref_tr is not None:
-                _, tr = metrics["forget_truth_ratio"].per_sample()
-            if "forget_quality" in self.metrics:
-                logs["forget_quality"] = {"agg_value": None if tr is None else forget_quality(tr, ref_tr)}
-            balance = (
-                forgetting_balance(
-                    tr,
-                    ref_tr,
-                    lower_percentile=self.balance_percentiles[0],
-                    upper_percentile=self.balance_percentiles[1],
-                )
-                if tr is not None
-                else dict.fromkeys(BALANCE_KEYS)
-            )
-            for key in BALANCE_KEYS:
-                if key in self.metrics:
-                    logs[key] = {"agg_value": balance[key]}
-        if "model_utility" in self.metrics:
-            logs["model_utility"] = {
-                "agg_value": model_utility({k: logs[k]["agg_value"] for k in MODEL_UTILITY_COMPONENTS})
-            }
-        if "privleak" in self.metrics:
-            logs["privleak"] = {"agg_value": privleak(logs["mia_min_k"]["agg_value"], ref_auc)}
-        return {name: logs[name] for name in self.metrics if name in logs}
-
-
-def evaluate_tofu(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    rows: Mapping[str, Sequence[Mapping[str, Any]]],
-    *,
-    prompt_format: PromptFormat | None = None,
-    call_context: CallContext | None = None,
-    synced_gpus: bool = False,
-    allow_gradnorm: bool = True,
-    **kwargs: Any,
-) -> EvaluationResult:
-    """Evaluate ``model`` on TOFU rows without Lightning (see :class:`TOFUEvaluator` for the options).
-
-    Example:
-        ``evaluate_tofu(model, tok, {"forget": [...], "retain": [...], "real_authors": [...], "world_facts": [...],
-        "holdout": [...]}, retain_logs_path="tofu_Llama-2-7b-chat-hf_retain90_TOFU_EVAL.json").summary``
-    """
-    evaluator = TOFUEvaluator(tokenizer, prompt_format, **kwargs)
-    return evaluator.evaluate(
-        model,
-        rows,
-        call_context=call_context or contextlib.nullcontext,
-        synced_gpus=synced_gpus,
-        allow_gradnorm=allow_gradnorm,
-    )
+                    texts.setdefault(split, {}).setdefault(r, t)
+        return texts

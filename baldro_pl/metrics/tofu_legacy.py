@@ -45,8 +45,11 @@ def legacy_truth_ratio(task: Mapping[str, Any]) -> np.ndarray:
 
 
 def aggregate_tofu_legacy(logs: Mapping[str, Any], retain_logs: Mapping[str, Any] | None = None) -> dict[str, float]:
-    """The quantities of ``aggregate_eval_stat.py``: ``Prob./ROUGE/Truth Ratio <task>``, ``Model Utility`` and,
-    with the retain model's log, ``Forget Quality`` (KS test of the forget truth ratios)."""
+    """The quantities of the TOFU authors' ``aggregate_eval_stat.py``.
+
+    ``Prob./ROUGE/Truth Ratio <task>``, ``Model Utility`` and, with the retain model's log, ``Forget Quality`` (KS test
+    of the forget truth ratios).
+    """
     out: dict[str, float] = {}
     for file, task_name in LEGACY_TASKS.items():
         if file not in logs:

@@ -1,6 +1,5 @@
 """LightningModules: UnlearningModule (forget + retain) and FinetuneModule (makes target and retain models)."""
 
-from baldro_pl.hf import load_causal_lm, load_tokenizer, resolve_source
 from baldro_pl.modules.base import CausalLMModule
 from baldro_pl.modules.finetune import FinetuneModule
 from baldro_pl.modules.optim import AdamWFp32State
@@ -14,7 +13,4 @@ __all__ = [
     "ReferenceCache",
     "UnlearningModule",
     "compute_reference_nll",
-    "load_causal_lm",
-    "load_tokenizer",
-    "resolve_source",
 ]

@@ -155,8 +155,11 @@ class CausalLMModule(pl.LightningModule):
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def setup(self, stage: str) -> None:
-        """Check the tokenizer before any work when its source is known (it must be able to pad); with
-        ``schedule="hf_trainer"``, size the training epoch to whole accumulation windows."""
+        """Check the tokenizer and size the training epoch before any work.
+
+        The tokenizer is checked when its source is known (it must be able to pad); with ``schedule="hf_trainer"``
+        the training epoch is sized to whole accumulation windows.
+        """
         if self._tokenizer is None and (self.tokenizer_source or self.model_source):
             _ = self.tokenizer
         if stage == "fit" and self.schedule == "hf_trainer":
@@ -262,8 +265,11 @@ class CausalLMModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ forward passes
     def batch_logits(self, model: torch.nn.Module, batch: dict[str, Tensor], *, all_positions: bool = False) -> Tensor:
-        """Logits of one batch, computed only from the earliest target position on (``logits_to_keep``), or at every
-        position with ``all_positions`` (prompt and padding included)."""
+        """Logits of one batch (:func:`baldro_pl.forward.teacher_forced_logits`).
+
+        Computed only from the earliest target position on (``logits_to_keep``), or at every position with
+        ``all_positions`` (prompt and padding included).
+        """
         return teacher_forced_logits(
             model, batch["input_ids"], batch["attention_mask"], batch["labels"], all_positions=all_positions
         )
@@ -319,8 +325,10 @@ class CausalLMModule(pl.LightningModule):
 
 # ---------------------------------------------------------------------- hyperparameters as plain data
 def class_path_of(cls: type) -> str:
-    """The import path of ``cls``: ``baldro_pl.objectives.<Name>`` for the objectives (as the presets write them),
-    else ``<module>.<qualname>``."""
+    """The import path of ``cls``.
+
+    ``baldro_pl.objectives.<Name>`` for the objectives (as the presets write them), else ``<module>.<qualname>``.
+    """
     public = importlib.import_module("baldro_pl.objectives")
     if getattr(public, cls.__name__, None) is cls:
         return f"baldro_pl.objectives.{cls.__name__}"
@@ -358,8 +366,14 @@ def plain_config(value: Any) -> Any:
 
 
 def from_config(value: Any, base: type, setting: str) -> Any:
-    """``value`` itself, or the object a ``{"class_path", "init_args"}`` mapping describes (the form
-    :func:`plain_config` saves), checked to be a ``base``; ``setting`` names the argument in error messages."""
+    """``value`` itself, or the object a ``{"class_path", "init_args"}`` mapping describes.
+
+    The mapping is the form :func:`plain_config` saves; the object is checked to be a ``base``; ``setting`` names
+    the argument in error messages.
+
+    Raises:
+        ValueError: the mapping has no importable ``class_path`` of a ``base``, or its ``init_args`` is no mapping.
+    """
     if not isinstance(value, Mapping):
         return value
     path = value.get("class_path")

@@ -118,8 +118,11 @@ def steps_per_epoch(batches: int, accumulate: int, schedule: Schedule) -> int:
 
 
 def trained_batches_per_epoch(batches: int, accumulate: int, schedule: Schedule) -> int:
-    """Micro-batches an epoch trains on: all of them (``"lightning"``), or only whole accumulation windows
-    (``"hf_trainer"``; all of them when the epoch holds at most one window, which the HF Trainer then steps)."""
+    """Micro-batches an epoch trains on.
+
+    All of them (``"lightning"``), or only whole accumulation windows (``"hf_trainer"``; all of them when the epoch
+    holds at most one window, which the HF Trainer then steps).
+    """
     if schedule == "hf_trainer" and batches > accumulate:
         return batches - batches % accumulate
     return batches

@@ -4,11 +4,13 @@ One training step (design.md §2, "data flows one way")::
 
     batch {"forget": {...}, "retain": {...}}
       -> one forward pass on the forget side -> target log-probs (fp32)
-      -> (BalDRO-G: choose the retain rows to keep) -> one forward pass on the retain side
-      -> UnlearningObjective(log-probs, cached reference NLL, retain logits) -> loss
+      -> (BalDRO-G: the retain rows the objective keeps) -> one forward pass on the retain side
+      -> UnlearningObjective(log-probs, cached reference NLL, retain logits) -> loss, weights, average NLL
 
-The reference NLL of every forget sample is computed once, before the first step, from the initial weights (see
-:mod:`baldro_pl.modules.reference`); a frozen reference model is built only when the retain loss needs its logits (KL).
+The module asks the :class:`~baldro_pl.objectives.UnlearningObjective` what a step needs (reference NLL, reference
+model, all retain positions, retain rows) and never looks inside its parts. The reference NLL of every forget sample is
+computed once, before the first step, from the initial weights (:class:`~baldro_pl.modules.reference.ReferenceCache`);
+a frozen reference model is built only when the retain loss needs its logits (KL).
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from baldro_pl.modules.base import CausalLMModule, from_config, plain_config
-from baldro_pl.modules.reference import ReferenceCache, compute_reference_nll
+from baldro_pl.modules.reference import ReferenceCache
 from baldro_pl.objectives import (
-    NLL,
     Aggregator,
     ForgetLoss,
+    ObjectiveOutput,
     RetainLoss,
     TokenLogProbs,
     UnlearningObjective,
@@ -51,8 +53,11 @@ class UnlearningModule(CausalLMModule):
             which the module saves them as hyperparameters (``hparams.yaml``, checkpoints: plain YAML-safe data).
         gamma: weight of the forget term.
         alpha: weight of the retain term.
-        track_forgetting: compute the per-sample reference NLL even when the loss does not need it, to log the
-            spread of per-token NLL increases across forget samples (asynchronous forgetting).
+        track_forgetting: log the spread of per-token NLL increases across forget samples (asynchronous
+            forgetting): ``train/forget_nll_increase_{mean,std}`` and the ``forgetting/nll_increase`` histogram. Its
+            extra work (the reference pass over the forget set when the loss itself needs no reference NLL, and the
+            per-step lookup) runs only where the metrics go somewhere: when the trainer has a logger (see
+            :attr:`tracks_forgetting`).
         **kwargs: loading and optimiser settings of :class:`~baldro_pl.modules.base.CausalLMModule`.
     """
 
@@ -71,7 +76,7 @@ class UnlearningModule(CausalLMModule):
         super().__init__(model, **kwargs)
         forget_loss = from_config(forget_loss, ForgetLoss, "forget_loss")
         aggregator = from_config(aggregator, Aggregator, "aggregator")
-        retain_loss = NLL() if retain_loss is None else from_config(retain_loss, RetainLoss, "retain_loss")
+        retain_loss = from_config(retain_loss, RetainLoss, "retain_loss")
         self.objective = UnlearningObjective(forget_loss, aggregator, retain_loss, gamma=gamma, alpha=alpha)
         self.track_forgetting = track_forgetting
         self.reference_cache = ReferenceCache()
@@ -80,22 +85,27 @@ class UnlearningModule(CausalLMModule):
         # save_hyperparameters records the current values of the arguments: make the three objects plain
         # {class_path, init_args} data first, so that hparams.yaml is yaml.safe_load-able and a checkpoint's
         # hyperparameters rebuild the module (LightningCLI passes its own plain config instead of these values)
-        objective = self.objective
-        forget_loss = plain_config(objective.forget_loss)
-        aggregator = plain_config(objective.aggregator)
-        retain_loss = plain_config(objective.retain_loss)
+        forget_loss, aggregator, retain_loss = (plain_config(part) for part in self.objective.parts())
         self.save_hyperparameters(ignore=["model"] if isinstance(model, PreTrainedModel) else None)
 
     @property
+    def tracks_forgetting(self) -> bool:
+        """Whether this run computes the forgetting spread: ``track_forgetting`` and the trainer has a logger.
+
+        Without a logger the spread (``train/forget_nll_increase_*``, ``forgetting/nll_increase``) would be
+        computed for nothing, so neither the reference pass it needs nor the per-step lookup runs.
+        """
+        return self.track_forgetting and bool(self.loggers)
+
+    @property
     def needs_reference_cache(self) -> bool:
-        """Whether the per-sample reference NLL is computed before training."""
-        return self.objective.forget_loss.needs_reference or self.track_forgetting
+        """Whether the per-sample reference NLL is computed before training (the loss or the spread uses it)."""
+        return self.objective.needs_reference_nll or self.tracks_forgetting
 
     @property
     def needs_reference_model(self) -> bool:
         """Whether a live frozen copy of the initial model is kept (only for the KL retain loss)."""
-        retain = self.objective.retain_loss
-        return self.objective.uses_retain and retain is not None and retain.needs_reference_model
+        return self.objective.needs_reference_model
 
     def configure_model(self) -> None:
         """Build the model and, for the KL retain loss only, a frozen reference copy (frozen before any wrapping)."""
@@ -121,35 +131,34 @@ class UnlearningModule(CausalLMModule):
 
     # ------------------------------------------------------------------ reference cache
     def on_train_start(self) -> None:
-        """Compute the reference NLL of every forget sample with the initial weights, unless restored."""
-        if self.needs_reference_cache and self.reference_cache.is_empty:
+        """Compute the reference NLL of every forget sample with the initial weights, unless restored.
+
+        Only the loss's need is served after the first step: a run resumed without a cache (its first part had no
+        logger) cannot score the initial weights any more, so it logs no forgetting spread instead.
+        """
+        if not (self.needs_reference_cache and self.reference_cache.is_empty):
+            return
+        if self.objective.needs_reference_nll or self.global_step == 0:
             self.build_reference_cache()
+        else:
+            log.warning("track_forgetting: the checkpoint holds no reference NLL, so no forgetting spread is logged")
 
     def build_reference_cache(self) -> None:
         """Score the forget set once (sharded across processes, then gathered so every process holds all of it)."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "reference_dataloader"):
+            user = (
+                type(self.objective.parts()[0]).__name__ if self.objective.needs_reference_nll else "track_forgetting"
+            )
             raise ValueError(
-                f"{type(self.objective.forget_loss).__name__} needs the reference NLL of every forget sample: the "
+                f"{user} needs the reference NLL of every forget sample: the "
                 "datamodule must provide reference_dataloader() (every UnlearningDataModule does)"
             )
         prepare_direct_calls(self.trainer.strategy.model)
-        index, nll, n_tokens = compute_reference_nll(self.model, datamodule.reference_dataloader(), self.device)
-        if self.trainer.world_size > 1:
-            index, nll, n_tokens = self._gather_ragged(index, nll, n_tokens)
-        self.reference_cache.add(index, nll, n_tokens)
+        self.reference_cache.build(
+            self.model, datamodule.reference_dataloader(), self.device, all_gather=self.all_gather
+        )
         log.info("reference NLL cached for %d forget samples", len(self.reference_cache))
-
-    def _gather_ragged(self, index: Tensor, *values: Tensor) -> tuple[Tensor, ...]:
-        """All-gather per-rank tensors of different lengths (padded with index -1, then dropped)."""
-        count = torch.tensor([index.numel()], device=self.device)
-        width = int(self.all_gather(count).max())
-        pad = width - index.numel()
-        padded = [torch.cat([index, index.new_full((pad,), -1)])]
-        padded += [torch.cat([v, v.new_zeros(pad)]) for v in values]
-        gathered = [self.all_gather(t).flatten() for t in padded]
-        keep = gathered[0] >= 0
-        return tuple(t[keep] for t in gathered)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the reference cache; leave the frozen reference model out of the checkpoint."""
@@ -169,31 +178,34 @@ class UnlearningModule(CausalLMModule):
         """Target log-probs of the forget batch (one forward pass, fp32 log-softmax)."""
         return token_logprobs(self.batch_logits(self.model, forget), forget["labels"])
 
-    def compute_step(self, batch: dict[str, dict[str, Tensor]]):
-        """The objective on one batch: one forward pass per side. Returns ``(ObjectiveOutput, forget log-probs)``."""
+    def compute_step(self, batch: dict[str, dict[str, Tensor]]) -> tuple[ObjectiveOutput, TokenLogProbs]:
+        """The objective on one batch: one forward pass per side. Returns ``(ObjectiveOutput, forget log-probs)``.
+
+        Raises:
+            ValueError: the objective has a retain term and the batch has no ``"retain"`` side.
+        """
+        objective = self.objective
         forget = batch["forget"]
         forget_lp = self.forget_logprobs(forget)
-        reference_nll = None
-        if self.objective.forget_loss.needs_reference:
-            reference_nll = self.reference_cache.lookup(forget["index"])
+        reference_nll = self.reference_cache.lookup(forget["index"]) if objective.needs_reference_nll else None
         retain_logits = retain_labels = reference_logits = None
-        if self.objective.uses_retain:
+        if objective.uses_retain:
             retain = batch.get("retain")
             if retain is None:
                 raise ValueError("the retain loss needs a 'retain' side in every batch")
-            rows = self.objective.aggregator.retain_rows(
-                forget["input_ids"].shape[0], retain["input_ids"].shape[0], retain["input_ids"].device
-            )
+            n_retain = retain["input_ids"].shape[0]
+            device = retain["input_ids"].device
+            rows = objective.retain_rows(forget["input_ids"].shape[0], n_retain, step=self.global_step, device=device)
             if rows is not None:
                 retain = {k: v.index_select(0, rows) for k, v in retain.items()}
             # KL(normalise="reference") averages over every position of the padded batch: it needs all the logits
-            all_positions = bool(getattr(self.objective.retain_loss, "needs_all_positions", False))
+            all_positions = objective.needs_all_retain_positions
             retain_logits = self.batch_logits(self.model, retain, all_positions=all_positions)
             retain_labels = retain["labels"]
             if self.reference_model is not None:
                 with torch.no_grad():
                     reference_logits = self.batch_logits(self.reference_model, retain, all_positions=all_positions)
-        out = self.objective(
+        out = objective(
             forget_lp,
             reference_nll=reference_nll,
             retain_logits=retain_logits,
@@ -202,14 +214,18 @@ class UnlearningModule(CausalLMModule):
         )
         return out, forget_lp
 
+    def on_train_epoch_end(self) -> None:
+        """Raise if a step of this epoch looked up a forget index the reference cache lacks (one device sync)."""
+        self.reference_cache.verify()
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Keep the frozen reference model in eval mode (Lightning puts every submodule in train mode)."""
         if self.reference_model is not None:
             self.reference_model.eval()
 
     def training_step(self, batch: dict[str, dict[str, Tensor]], batch_idx: int) -> Tensor:
-        """One unlearning step; logs losses, hardness, aggregator ESS and forgetting spread."""
-        out, forget_lp = self.compute_step(batch)
+        """One unlearning step; logs losses, hardness, aggregator ESS and (see :attr:`tracks_forgetting`) spread."""
+        out, _ = self.compute_step(batch)
         weights = out.weights
         ess = 1.0 / (weights.float() ** 2).sum()
         metrics = {
@@ -222,10 +238,8 @@ class UnlearningModule(CausalLMModule):
             "train/weight_max": weights.max(),
         }
         increase = None
-        if self.track_forgetting and not self.reference_cache.is_empty:
-            n_tokens = forget_lp.n_tokens.clamp(min=1)
-            avg_now = (forget_lp.nll / n_tokens).detach()
-            increase = avg_now - self.reference_cache.lookup_avg(batch["forget"]["index"])
+        if self.tracks_forgetting and not self.reference_cache.is_empty:
+            increase = out.avg_nll - self.reference_cache.lookup_avg(batch["forget"]["index"])
             metrics["train/forget_nll_increase_mean"] = increase.mean()
             metrics["train/forget_nll_increase_std"] = increase.std(unbiased=False)
         self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, batch_size=weights.numel())

@@ -19,7 +19,7 @@ from baldro_pl.objectives.forget import (
     simnpo_loss,
     wga_token_loss,
 )
-from baldro_pl.objectives.logprobs import IGNORE_INDEX, TokenLogProbs, token_logprobs
+from baldro_pl.objectives.logprobs import TokenLogProbs, token_logprobs
 from baldro_pl.objectives.objective import ObjectiveOutput, UnlearningObjective
 from baldro_pl.objectives.retain import KL, NLL, kl_retain_loss, nll_retain_loss
 
@@ -27,7 +27,6 @@ from baldro_pl.objectives.retain import KL, NLL, kl_retain_loss, nll_retain_loss
 torch.serialization.add_safe_globals([GradAscent, NPO, SimNPO, SatImp, WGA, NLL, KL, Mean, BalDRODV, BalDROG])
 
 __all__ = [
-    "IGNORE_INDEX",
     "KL",
     "NLL",
     "NPO",

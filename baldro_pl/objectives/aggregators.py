@@ -16,6 +16,7 @@ over distributions near the empirical one, ``sup_{Q: KL(Q||P) <= eta} E_Q[l]``:
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Literal
 
@@ -49,6 +50,23 @@ def dv_aggregate(values: Tensor, temperature: float, emphasis: Literal["hard", "
     Computed through a max-shifted logsumexp in float64 (the vectors are tiny), so it stays finite for small ``tau``
     and large losses and does not lose the mean to cancellation for large ``tau``; ``tau -> inf`` gives the mean,
     ``tau -> 0`` the max ("hard") or the min ("easy"). Returned in fp32.
+
+    Args:
+        values: ``[N]`` losses (or scores).
+        temperature: ``tau > 0``.
+        emphasis: ``"hard"`` (the paper's sup) or ``"easy"`` (the reference code's sign).
+
+    Returns:
+        Scalar fp32 aggregate, between the mean and the max ("hard") or the min ("easy").
+
+    For ``v = (0, log 3)`` and ``tau = 1``: "hard" is ``log(1 + 3) - log 2 = log 2``, above the mean
+    ``(log 3) / 2 = 0.5493``; "easy" is ``-(log(1 + 1/3) - log 2) = log 1.5``, below it.
+
+    >>> values = torch.tensor([0.0, math.log(3)])
+    >>> round(dv_aggregate(values, 1.0).item(), 4), round(dv_aggregate(values, 1.0, "easy").item(), 4)
+    (0.6931, 0.4055)
+    >>> round(dv_aggregate(values, 1e4).item(), 4)  # tau -> inf: the mean
+    0.5493
     """
     sign = 1.0 if emphasis == "hard" else -1.0
     work = torch.float32 if values.device.type == "mps" else torch.float64
@@ -59,9 +77,21 @@ def dv_aggregate(values: Tensor, temperature: float, emphasis: Literal["hard", "
 
 
 class Mean(Aggregator):
-    """The empirical mean (ERM): the base method exactly as published (sample mean or token mean)."""
+    """The empirical mean (ERM): the base method exactly as published (sample mean or token mean).
+
+    A sample-level loss is averaged over samples (weights ``1/B``); a token-level one over all target tokens of the
+    batch (weights ``n_i / sum_j n_j``). Gradient ascent on two samples with token log-probs ``(-1, -2)`` and
+    ``(-0.5)``: the token mean ``-(1 + 2 + 0.5) / 3``, and sample weights ``2/3`` and ``1/3``.
+
+    >>> from baldro_pl.objectives import GradAscent, TokenLogProbs
+    >>> policy = TokenLogProbs(torch.tensor([[-1.0, -2.0], [-0.5, 0.0]]), torch.tensor([[True, True], [True, False]]))
+    >>> out = Mean()(GradAscent()(policy))
+    >>> round(out.loss.item(), 4), [round(w, 4) for w in out.weights.tolist()]
+    (-1.1667, [0.6667, 0.3333])
+    """
 
     def __call__(self, losses: ForgetLosses) -> Aggregated:
+        """The sample mean or the token mean of the batch, as ``losses.reduction`` says."""
         weights = reduction_weights(losses)
         if losses.reduction == "token":
             loss = losses.per_token.sum() / losses.mask.sum().clamp(min=1)
@@ -120,6 +150,21 @@ class BalDRODV(Aggregator):
             ``"nll"`` (the detached per-sample hardness ``-avg NLL``, so that ``"hard"`` means "still remembered"
             for every base loss). ``score="nll"`` needs ``unit="sample"``: the weights rank samples by their average
             NLL, and a sample without target tokens gets weight 0 (unless every sample of the batch is empty).
+
+    Two samples with losses ``0`` and ``log 3`` at ``tau = 1``: the loss is ``log(1 + 3) - log 2 = log 2`` and the
+    weights are ``softmax(0, log 3) = (1/4, 3/4)``.
+
+    >>> from baldro_pl.objectives import ForgetLosses
+    >>> losses = ForgetLosses(
+    ...     per_sample=torch.tensor([0.0, math.log(3)]),
+    ...     per_token=None,
+    ...     mask=torch.ones(2, 1, dtype=torch.bool),
+    ...     reduction="sample",
+    ...     hardness=torch.tensor([-1.0, -2.0]),
+    ... )
+    >>> out = BalDRODV(temperature=1.0)(losses)
+    >>> round(out.loss.item(), 4), [round(w, 4) for w in out.weights.tolist()]
+    (0.6931, [0.25, 0.75])
     """
 
     def __init__(
@@ -148,6 +193,11 @@ class BalDRODV(Aggregator):
         self.score = score
 
     def __call__(self, losses: ForgetLosses) -> Aggregated:
+        """The DV aggregate of the batch and its gradient weights (per sample, or summed per sample for tokens).
+
+        Raises:
+            ValueError: ``unit="token"`` with a sample-level forget loss.
+        """
         sign = 1.0 if self.emphasis == "hard" else -1.0
         if self.score == "nll":
             return self._nll_weighted(losses, sign)
@@ -187,7 +237,22 @@ class BalDROG(Aggregator):
     Args:
         ratio: the kept fraction, in ``(0, 1]``.
         subsample_retain: also keep only ``min(k, B_retain)`` random retain samples, as the reference code does.
-        seed: seed of the retain subsampling generator (None: the global torch RNG, as the reference code).
+        seed: seed of the retain subsampling (None: the global torch RNG, as the reference code). With a seed, the
+            draws of optimiser step ``s`` come from a generator seeded by ``(seed, s)`` (and the draw's number within
+            the step, for gradient accumulation), so a run resumed from a checkpoint draws what the uninterrupted run
+            drew.
+
+    >>> from baldro_pl.objectives import ForgetLosses
+    >>> losses = ForgetLosses(
+    ...     per_sample=torch.tensor([1.0, 2.0, 3.0, 4.0]),
+    ...     per_token=None,
+    ...     mask=torch.ones(4, 1, dtype=torch.bool),
+    ...     reduction="sample",
+    ...     hardness=torch.tensor([-0.5, -3.0, -0.1, -2.0]),  # samples 0 and 2 are the best remembered
+    ... )
+    >>> out = BalDROG(ratio=0.5)(losses)  # k = 2: the mean of the losses of samples 0 and 2, (1 + 3) / 2
+    >>> out.loss.item(), out.weights.tolist()
+    (2.0, [0.5, 0.0, 0.5, 0.0])
     """
 
     def __init__(self, *, ratio: float = 0.5, subsample_retain: bool = True, seed: int | None = None) -> None:
@@ -196,13 +261,15 @@ class BalDROG(Aggregator):
         self.ratio = float(ratio)
         self.subsample_retain = subsample_retain
         self.seed = seed
-        self._generator: torch.Generator | None = None
+        self._draw_step: int | None = None  # the step of the last seeded draw and the number of draws made in it
+        self._draws = 0
 
     def group_size(self, batch_size: int) -> int:
         """``k = max(1, floor(ratio * batch_size))``."""
         return max(1, int(batch_size * self.ratio))
 
     def __call__(self, losses: ForgetLosses) -> Aggregated:
+        """The mean of the base loss over the ``k`` samples of highest hardness (lowest average NLL)."""
         k = self.group_size(losses.per_sample.shape[0])
         top = torch.topk(losses.hardness, k=k, largest=True, sorted=False).indices
         keep = torch.zeros_like(losses.per_sample, dtype=torch.bool)
@@ -214,22 +281,46 @@ class BalDROG(Aggregator):
             loss = losses.per_sample[keep].mean()
         return Aggregated(loss, weights)
 
-    def retain_rows(self, n_forget: int, n_retain: int, device: torch.device | None = None) -> Tensor | None:
+    def retain_rows(
+        self, n_forget: int, n_retain: int, device: torch.device | None = None, *, step: int = 0
+    ) -> Tensor | None:
+        """``min(k, n_retain)`` distinct random retain rows (None without ``subsample_retain``).
+
+        Without a seed they come from the global torch RNG on ``device`` (the reference code's
+        ``torch.randperm``); with one, from :meth:`generator` ``(step)``.
+        """
         if not self.subsample_retain:
             return None
         k = min(self.group_size(n_forget), n_retain)
         if self.seed is None:
             return torch.randperm(n_retain, device=device)[:k]
-        if self._generator is None:
-            self._generator = torch.Generator().manual_seed(self.seed)
-        return torch.randperm(n_retain, generator=self._generator)[:k].to(device)
+        return torch.randperm(n_retain, generator=self.generator(step))[:k].to(device)
+
+    def generator(self, step: int) -> torch.Generator:
+        """A CPU generator for the next seeded draw of optimiser step ``step``.
+
+        Seeded by a hash of ``(seed, step, j)``, where ``j`` counts the draws already made in this step (0 unless
+        gradient accumulation runs several micro-batches per step): the stream depends on the step, not on how many
+        draws this object made before, so a resumed run continues it.
+
+        Raises:
+            ValueError: the aggregator has no seed.
+        """
+        if self.seed is None:
+            raise ValueError("BalDROG: generator() needs a seed (seed=None draws from the global torch RNG)")
+        if step != self._draw_step:
+            self._draw_step, self._draws = step, 0
+        digest = hashlib.blake2b(f"{self.seed}/{step}/{self._draws}".encode(), digest_size=8).digest()
+        self._draws += 1
+        return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in vars(self).items() if k != "_generator"}
+        return {k: v for k, v in vars(self).items() if k not in ("_draw_step", "_draws")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._generator = None
+        self._draw_step = None
+        self._draws = 0
 
     def __repr__(self) -> str:
         return f"BalDROG(ratio={self.ratio!r}, subsample_retain={self.subsample_retain!r}, seed={self.seed!r})"

@@ -102,10 +102,18 @@ class ForgetLoss(ABC):
 
 
 class RetainLoss(ABC):
-    """A loss on the retain batch. :attr:`needs_reference_model` marks losses that need the frozen reference
-    model's logits (only then does the module keep a second copy of the model)."""
+    """A loss on the retain batch (design.md §1.2).
+
+    :attr:`needs_reference_model` marks losses that need the frozen reference model's logits (only then does the
+    module keep a second copy of the model).
+    """
 
     needs_reference_model: ClassVar[bool] = False
+
+    @property
+    def needs_all_positions(self) -> bool:
+        """Whether the loss needs the logits of every position (not only from the first answer token on)."""
+        return False
 
     @abstractmethod
     def __call__(self, logits: Tensor, labels: Tensor, reference_logits: Tensor | None = None) -> Tensor:
@@ -129,8 +137,17 @@ class Aggregator(ABC):
     def __call__(self, losses: ForgetLosses) -> Aggregated:
         """The aggregated loss and the per-sample weights applied."""
 
-    def retain_rows(self, n_forget: int, n_retain: int, device: torch.device | None = None) -> Tensor | None:
-        """Which retain rows to keep for this step (None: all). Only BalDRO-G subsamples the retain batch."""
+    def retain_rows(
+        self, n_forget: int, n_retain: int, device: torch.device | None = None, *, step: int = 0
+    ) -> Tensor | None:
+        """Which retain rows to keep for this step (None: all). Only BalDRO-G subsamples the retain batch.
+
+        Args:
+            n_forget: forget batch size ``B``.
+            n_retain: retain batch size.
+            device: device of the returned row numbers.
+            step: the optimiser step (``trainer.global_step``), for draws that a resumed run must repeat.
+        """
         return None
 
     def __repr__(self) -> str:

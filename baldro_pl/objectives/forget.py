@@ -42,21 +42,48 @@ def npo_loss(nll: Tensor, reference_nll: Tensor, beta: float) -> Tensor:
         nll: ``[B]`` summed NLL under the current model.
         reference_nll: ``[B]`` summed NLL under the reference model.
         beta: inverse temperature (> 0).
+
+    Returns:
+        ``[B]`` losses; ``(2/beta) log 2`` where the NLL has not moved from the reference.
+
+    >>> import torch
+    >>> npo_loss(torch.tensor([3.0]), torch.tensor([3.0]), beta=2.0)  # (2/2) log 2
+    tensor([0.6931])
     """
     return -(2.0 / beta) * F.logsigmoid(beta * (nll - reference_nll))
 
 
 def simnpo_loss(avg_nll: Tensor, beta: float, delta: float = 0.0) -> Tensor:
-    """SimNPO per-sample loss ``-(2/beta) * log sigmoid(beta * (avg_i - delta))`` (Fan et al. 2024, Eq. 4)."""
+    """SimNPO per-sample loss ``-(2/beta) * log sigmoid(beta * (avg_i - delta))`` (Fan et al. 2024, Eq. 4).
+
+    Args:
+        avg_nll: ``[B]`` per-token average NLL ``avg_i`` under the current model.
+        beta: inverse temperature (> 0).
+        delta: reward margin.
+
+    >>> import torch
+    >>> simnpo_loss(torch.tensor([1.0]), beta=2.0, delta=1.0)  # avg_i = delta: (2/2) log 2
+    tensor([0.6931])
+    """
     return -(2.0 / beta) * F.logsigmoid(beta * (avg_nll - delta))
 
 
 def satimp_token_loss(token_nll: Tensor, beta1: float, beta2: float) -> Tensor:
-    """SatImp per-token loss ``-w_t c_t`` with ``w_t = p_t^beta1 (1 - p_t)^beta2``, ``p_t = e^{-c_t}``, no gradient
-    through ``w`` (Yang et al. 2025, "Exploring criteria of loss reweighting").
+    """SatImp per-token loss ``-w_t c_t`` with ``w_t = p_t^beta1 (1 - p_t)^beta2`` and ``p_t = e^{-c_t}``.
 
-    Non-monotone in ``p_t``: 0 at ``p_t = 1`` and towards ``p_t -> 0``, lowest in between (beta1 5, beta2 1: -0.018 at
-    ``p_t ~ 0.69``; beta1 6: -0.013 at ``p_t ~ 0.73``)."""
+    No gradient flows through ``w`` (Yang et al. 2025, "Exploring criteria of loss reweighting"). Non-monotone in
+    ``p_t``: 0 at ``p_t = 1`` and towards ``p_t -> 0``, lowest in between (beta1 5, beta2 1: -0.018 at
+    ``p_t ~ 0.69``; beta1 6: -0.013 at ``p_t ~ 0.73``).
+
+    Args:
+        token_nll: ``[B, T']`` per-token NLL ``c_t``.
+        beta1: exponent of the saturation weight ``p^beta1``.
+        beta2: exponent of the importance weight ``(1 - p)^beta2``.
+
+    >>> import math, torch
+    >>> satimp_token_loss(torch.tensor([math.log(2)]), beta1=1.0, beta2=1.0)  # p = 1/2, w = 1/4: -(log 2) / 4
+    tensor([-0.1733])
+    """
     p = (-token_nll).exp().detach()
     weight = p.pow(beta1) * (1.0 - p).pow(beta2)
     return -weight * token_nll
@@ -66,7 +93,16 @@ def wga_token_loss(token_nll: Tensor, beta: float) -> Tensor:
     """WGA per-token loss ``-w_t c_t`` with ``w_t = p_t^beta`` (no gradient through ``w``).
 
     Non-monotone in ``c_t``: it falls from 0 at ``c_t = 0`` to ``-1 / (e beta)`` at ``c_t = 1/beta`` (``p_t =
-    e^{-1/beta}``) and rises back towards 0 as ``c_t`` grows."""
+    e^{-1/beta}``) and rises back towards 0 as ``c_t`` grows.
+
+    Args:
+        token_nll: ``[B, T']`` per-token NLL ``c_t``.
+        beta: exponent of the confidence weight.
+
+    >>> import torch
+    >>> wga_token_loss(torch.tensor([0.0, 1.0]), beta=1.0)  # 0, and the minimum -1/e at c = 1/beta
+    tensor([-0.0000, -0.3679])
+    """
     weight = (-token_nll).exp().detach().pow(beta)
     return -weight * token_nll
 
@@ -80,6 +116,7 @@ class GradAscent(ForgetLoss):
     reduction = "token"
 
     def __call__(self, policy: TokenLogProbs, reference_nll: Tensor | None = None) -> ForgetLosses:
+        """Per-token losses ``l_t = -c_t`` (token mean over the batch)."""
         return self._token_losses(policy, -policy.token_nll)
 
 
@@ -97,6 +134,7 @@ class NPO(ForgetLoss):
         self.beta = beta
 
     def __call__(self, policy: TokenLogProbs, reference_nll: Tensor | None = None) -> ForgetLosses:
+        """Per-sample :func:`npo_loss` of ``NLL_i`` against the cached ``reference_nll`` (required)."""
         reference_nll = self._check_reference(reference_nll)
         return self._sample_losses(policy, npo_loss(policy.nll, reference_nll.to(policy.nll), self.beta))
 
@@ -115,6 +153,7 @@ class SimNPO(ForgetLoss):
         self.delta = delta
 
     def __call__(self, policy: TokenLogProbs, reference_nll: Tensor | None = None) -> ForgetLosses:
+        """Per-sample :func:`simnpo_loss` of the average NLL (no reference needed)."""
         return self._sample_losses(policy, simnpo_loss(safe_mean_nll(policy), self.beta, self.delta))
 
 
@@ -136,6 +175,7 @@ class SatImp(ForgetLoss):
         self.beta2 = beta2
 
     def __call__(self, policy: TokenLogProbs, reference_nll: Tensor | None = None) -> ForgetLosses:
+        """Per-token :func:`satimp_token_loss` (token mean over the batch)."""
         return self._token_losses(policy, satimp_token_loss(policy.token_nll, self.beta1, self.beta2))
 
 
@@ -154,4 +194,5 @@ class WGA(ForgetLoss):
         self.beta = beta
 
     def __call__(self, policy: TokenLogProbs, reference_nll: Tensor | None = None) -> ForgetLosses:
+        """Per-token :func:`wga_token_loss` (token mean over the batch)."""
         return self._token_losses(policy, wga_token_loss(policy.token_nll, self.beta))

@@ -1,14 +1,21 @@
-"""The full unlearning objective ``gamma * A(l_1..l_n) + alpha * L_retain`` (design.md §1) as a pure function."""
+"""The full unlearning objective ``gamma * A(l_1..l_n) + alpha * L_retain`` (design.md §1) as a pure function.
+
+:class:`UnlearningObjective` is also the one party the training module asks about the method: whether it needs the
+reference NLL of the forget samples, a live reference model, the retain logits of every position, and which retain
+rows to keep for a forget batch. The module never looks inside the forget loss, aggregator or retain loss.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from baldro_pl.objectives.aggregators import Mean
-from baldro_pl.objectives.base import Aggregator, ForgetLoss, RetainLoss
+from baldro_pl.objectives.base import Aggregator, ForgetLoss, RetainLoss, safe_mean_nll
 from baldro_pl.objectives.logprobs import TokenLogProbs
+from baldro_pl.objectives.retain import NLL
 
 
 @dataclass(frozen=True)
@@ -22,6 +29,8 @@ class ObjectiveOutput:
         per_sample_loss: ``[B]`` detached per-sample forget losses.
         weights: ``[B]`` detached aggregator weights (sum 1).
         hardness: ``[B]`` detached ``-avg NLL`` of each forget sample.
+        avg_nll: ``[B]`` detached per-token average NLL ``avg_i = NLL_i / max(n_i, 1)`` of each forget sample
+            (design.md §1.1; 0 for a sample without target tokens), for the forgetting-spread metrics.
     """
 
     loss: Tensor
@@ -30,6 +39,7 @@ class ObjectiveOutput:
     per_sample_loss: Tensor
     weights: Tensor
     hardness: Tensor
+    avg_nll: Tensor
 
 
 class UnlearningObjective:
@@ -37,8 +47,8 @@ class UnlearningObjective:
 
     Args:
         forget_loss: the base forget loss (NPO, SimNPO, SatImp, GradAscent, WGA).
-        aggregator: Mean (the published method), BalDRODV or BalDROG.
-        retain_loss: NLL, KL or None (no retain term).
+        aggregator: Mean (the published method; None means Mean), BalDRODV or BalDROG.
+        retain_loss: NLL (None means ``NLL()``, the token mean) or KL. ``alpha=0`` means no retain term.
         gamma: weight of the forget term (> 0).
         alpha: weight of the retain term (>= 0).
     """
@@ -64,14 +74,46 @@ class UnlearningObjective:
             raise ValueError(f"alpha must be >= 0, got {alpha!r}")
         self.forget_loss = forget_loss
         self.aggregator = aggregator if aggregator is not None else Mean()
-        self.retain_loss = retain_loss
+        self.retain_loss = retain_loss if retain_loss is not None else NLL()
         self.gamma = gamma
         self.alpha = alpha
 
+    def parts(self) -> tuple[ForgetLoss, Aggregator, RetainLoss]:
+        """``(forget_loss, aggregator, retain_loss)`` with the defaults filled in (to save them as settings)."""
+        return self.forget_loss, self.aggregator, self.retain_loss
+
     @property
     def uses_retain(self) -> bool:
-        """Whether the retain batch is used at all."""
-        return self.retain_loss is not None and self.alpha > 0
+        """Whether the retain batch is used at all (``alpha > 0``)."""
+        return self.alpha > 0
+
+    @property
+    def needs_reference_nll(self) -> bool:
+        """Whether a step needs ``reference_nll``, each forget sample's NLL before unlearning (NPO)."""
+        return self.forget_loss.needs_reference
+
+    @property
+    def needs_reference_model(self) -> bool:
+        """Whether a step needs ``reference_retain_logits`` from a live frozen reference model (the KL retain loss)."""
+        return self.uses_retain and self.retain_loss.needs_reference_model
+
+    @property
+    def needs_all_retain_positions(self) -> bool:
+        """Whether the retain logits must cover every position, prompt and padding included (KL "reference")."""
+        return self.uses_retain and self.retain_loss.needs_all_positions
+
+    def retain_rows(
+        self, n_forget: int, n_retain: int, *, step: int = 0, device: torch.device | None = None
+    ) -> Tensor | None:
+        """The retain rows to keep for a forget batch of ``n_forget`` samples at optimiser step ``step``.
+
+        Returns:
+            ``[k]`` row numbers on ``device``, or None for every row (all aggregators but BalDRO-G, and no retain
+            term at all).
+        """
+        if not self.uses_retain:
+            return None
+        return self.aggregator.retain_rows(n_forget, n_retain, device, step=step)
 
     def __call__(
         self,
@@ -82,7 +124,11 @@ class UnlearningObjective:
         retain_labels: Tensor | None = None,
         reference_retain_logits: Tensor | None = None,
     ) -> ObjectiveOutput:
-        """Evaluate the objective on one step's forget log-probs and retain logits."""
+        """Evaluate the objective on one step's forget log-probs and retain logits.
+
+        Raises:
+            ValueError: the objective has a retain term and ``retain_logits`` or ``retain_labels`` is missing.
+        """
         losses = self.forget_loss(forget, reference_nll)
         aggregated = self.aggregator(losses)
         forget_term = aggregated.loss
@@ -100,6 +146,7 @@ class UnlearningObjective:
             per_sample_loss=losses.per_sample.detach(),
             weights=aggregated.weights.detach(),
             hardness=losses.hardness,
+            avg_nll=safe_mean_nll(forget).detach(),
         )
 
     def __repr__(self) -> str:

@@ -25,6 +25,19 @@ def nll_retain_loss(logits: Tensor, labels: Tensor, per: Literal["token", "seque
     ``per="token"``: the mean over all target tokens of the batch (what a Hugging Face model returns as ``loss``).
     ``per="sequence"``: the mean over samples of each sample's *summed* NLL, which is what the reference code's
     DrNPO and DrSatImp use as their retain loss (``compute_batch_nll(model, retain).mean()``).
+
+    Args:
+        logits: ``[B, L, V]`` policy logits (possibly only the last ``L`` positions).
+        labels: ``[B, T]`` labels, ``IGNORE_INDEX`` on unscored positions.
+        per: ``"token"`` or ``"sequence"``.
+
+    Uniform logits over ``V = 4`` give every target token the NLL ``log 4``: the token mean is ``log 4`` and the
+    mean of the summed NLL of the one sample with two targets ``2 log 4``.
+
+    >>> import torch
+    >>> logits, labels = torch.zeros(1, 3, 4), torch.tensor([[-100, 1, 2]])
+    >>> round(nll_retain_loss(logits, labels).item(), 4), round(nll_retain_loss(logits, labels, "sequence").item(), 4)
+    (1.3863, 2.7726)
     """
     lp = token_logprobs(logits, labels)
     if per == "sequence":
@@ -46,6 +59,23 @@ def kl_retain_loss(
     (``kl_div(log p_theta.view(-1, V), log p_ref.view(-1, V), reduction="batchmean", log_target=True)``): the sum
     over every position of the padded batch (prompt, answer, padding and the last position) divided by
     ``batch size x sequence length``; it needs the logits of every position.
+
+    Args:
+        logits: ``[B, L, V]`` policy logits.
+        reference_logits: ``[B, L, V]`` logits of the frozen reference model.
+        labels: ``[B, T]`` labels, ``IGNORE_INDEX`` on unscored positions.
+        normalise: ``"answer_tokens"`` or ``"reference"``.
+
+    Raises:
+        ValueError: ``normalise="reference"`` with logits that do not cover every position.
+
+    One scored position where the reference predicts ``(3/4, 1/4)`` and the policy ``(1/2, 1/2)``:
+    ``KL = 3/4 log(3/2) + 1/4 log(1/2) = 0.1308``.
+
+    >>> import math, torch
+    >>> reference = torch.tensor([[[math.log(3), 0.0], [0.0, 0.0]]])
+    >>> round(kl_retain_loss(torch.zeros(1, 2, 2), reference, torch.tensor([[-100, 1]])).item(), 4)
+    0.1308
     """
     if normalise == "reference":
         width = labels.shape[1]
@@ -81,6 +111,7 @@ class NLL(RetainLoss):
         self.per = per
 
     def __call__(self, logits: Tensor, labels: Tensor, reference_logits: Tensor | None = None) -> Tensor:
+        """:func:`nll_retain_loss` of the retain batch (``reference_logits`` is not used)."""
         return nll_retain_loss(logits, labels, self.per)
 
 
@@ -110,6 +141,11 @@ class KL(RetainLoss):
         return self.normalise == "reference"
 
     def __call__(self, logits: Tensor, labels: Tensor, reference_logits: Tensor | None = None) -> Tensor:
+        """:func:`kl_retain_loss` of the retain batch against the frozen reference model's logits.
+
+        Raises:
+            ValueError: ``reference_logits`` is missing.
+        """
         if reference_logits is None:
             raise ValueError("KL retain loss needs reference_logits from the frozen reference model")
         with torch.no_grad():

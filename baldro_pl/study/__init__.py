@@ -24,9 +24,9 @@ The spec (YAML; relative paths are relative to the working directory, as in the 
     unlearn:                                  # the `baldro-pl fit` config every cell starts from
       configs: [configs/demo.yaml]            # an UnlearningModule, a TOFU-style datamodule, the trainer
       args: [--data.init_args.data_dir, ${prepare.data}]    # extra command-line overrides
-    evaluation:                               # optional: the cells' TOFUEvaluation
+    evaluation:                               # optional: the cells' Evaluation callback (TOFU suite)
       every_n_epochs: 1                       # per-epoch points of plot (c); the final model is always evaluated
-      init_args: {max_new_tokens: 32}         # overrides of the unlearning config's TOFUEvaluation arguments
+      init_args: {max_new_tokens: 32}         # overrides of the unlearning config's Evaluation / TOFUSuite arguments
     grid:
       methods:                                # required, at least one
         - name: NPO + DV hard                 # required, unique: the label in tables and plots

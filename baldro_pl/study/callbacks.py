@@ -32,9 +32,9 @@ class StudyCellReport(Callback):
         self._epoch_end: tuple[int, int] | None = None  # (epoch index, global step) of the last finished epoch
 
     def _evaluation(self, trainer: pl.Trainer) -> Any:
-        from baldro_pl.metrics.callbacks import TOFUEvaluation
+        from baldro_pl.metrics.callbacks import Evaluation
 
-        found = [c for c in trainer.callbacks if isinstance(c, TOFUEvaluation)]
+        found = [c for c in trainer.callbacks if isinstance(c, Evaluation)]
         return found[-1] if found else None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

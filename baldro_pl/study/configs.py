@@ -1,5 +1,7 @@
-"""The configs a study runs: the resolved unlearning config, one ``baldro-pl fit`` config per cell, the reference
-evaluations (``baldro-pl test``) of the target and retain models, and the hashes that name their folders.
+"""The configs a study runs, and the hashes that name their folders.
+
+They are the resolved unlearning config, one ``baldro-pl fit`` config per cell and the reference evaluations
+(``baldro-pl test``) of the target and retain models.
 
 The unlearning config files (+ ``unlearn.args``) are resolved once with ``baldro-pl fit ... --print_config`` (in
 process): every default filled in, so that a cell's config is complete and its hash changes whenever anything that
@@ -22,7 +24,8 @@ from typing import Any
 from baldro_pl.study.spec import Evaluation, Method, StudySpecError, import_class
 
 CELL_DIR = "@@CELL_DIR@@"
-EVALUATION_CLASS = "baldro_pl.metrics.callbacks.TOFUEvaluation"
+EVALUATION_CLASS = "baldro_pl.metrics.Evaluation"
+SUITE_CLASS = "baldro_pl.metrics.TOFUSuite"
 EXPORT_CLASS = "baldro_pl.callbacks.HFExport"
 CHECKPOINT_CLASS = "lightning.pytorch.callbacks.ModelCheckpoint"
 REPORT_CLASS = "baldro_pl.study.callbacks.StudyCellReport"
@@ -100,7 +103,7 @@ def check_unlearn_config(config: Mapping[str, Any]) -> None:
     callbacks = config["trainer"].get("callbacks") or []
     found = [c for c in callbacks if _is(c, EVALUATION_CLASS)]
     if len(found) > 1:
-        raise StudySpecError(f"unlearn: trainer.callbacks holds {len(found)} TOFUEvaluation callbacks; keep one")
+        raise StudySpecError(f"unlearn: trainer.callbacks holds {len(found)} Evaluation callbacks; keep one")
 
 
 def base_name(config: Mapping[str, Any], method: Method) -> str:
@@ -113,8 +116,10 @@ def base_name(config: Mapping[str, Any], method: Method) -> str:
 
 
 def _merge_block(base: Any, override: Mapping[str, Any]) -> dict[str, Any]:
-    """A method's ``{class_path, init_args}``: replaces the config's block, or (no class_path / the same one)
-    updates its init_args."""
+    """A method's ``{class_path, init_args}``.
+
+    It replaces the config's block, or (no class_path / the same one) updates its init_args.
+    """
     base = dict(base) if isinstance(base, Mapping) else {}
     base_args = dict(base.get("init_args") or {})
     if override["class_path"] is None or override["class_path"] == base.get("class_path"):
@@ -129,6 +134,24 @@ def _evaluation_block(callbacks: list[dict[str, Any]]) -> dict[str, Any]:
         if _is(callback, EVALUATION_CLASS):
             return callback
     return {"class_path": EVALUATION_CLASS, "init_args": {}}
+
+
+def _evaluation_callback(block: Mapping[str, Any], *overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The evaluation callback of ``block`` with ``overrides`` applied in order.
+
+    An override names a setting of the callback (``every_n_epochs``, ``output_dir``...) or of its suite (``metrics``,
+    ``retain_logs_path``...); each goes where it is declared.
+    """
+    from baldro_pl.metrics import Evaluation
+
+    callback_keys = set(inspect.signature(Evaluation.__init__).parameters) - {"self", "suite"}
+    init = copy.deepcopy(dict(block.get("init_args") or {}))
+    suite = init.pop("suite", None) or {"class_path": SUITE_CLASS, "init_args": {}}
+    suite_args = dict(suite.get("init_args") or {})
+    for override in overrides:
+        for key, value in override.items():
+            (init if key in callback_keys else suite_args)[key] = value
+    return {"class_path": EVALUATION_CLASS, "init_args": {"suite": {**suite, "init_args": suite_args}, **init}}
 
 
 def _set_logger(trainer: dict[str, Any], save_dir: str) -> None:
@@ -191,16 +214,18 @@ def cell_config(
             callback["init_args"] = {**(callback.get("init_args") or {}), "dirpath": f"{CELL_DIR}/checkpoints"}
         kept.append(callback)
     # no evaluation before the first step unless the spec asks for one: the target model's row is that evaluation
-    eval_args = {**(evaluation_block.get("init_args") or {}), "eval_on_start": False, **evaluation.init_args}
-    eval_args.update(
-        retain_logs_path=retain_log,
-        every_n_epochs=evaluation.every_n_epochs,
-        output_dir=f"{CELL_DIR}/eval",
-        write_logs=True,
+    runner_args = {
+        "retain_logs_path": retain_log,
+        "every_n_epochs": evaluation.every_n_epochs,
+        "output_dir": f"{CELL_DIR}/eval",
+        "write_logs": True,
+    }
+    evaluation_callback = _evaluation_callback(
+        evaluation_block, {"eval_on_start": False}, evaluation.init_args, runner_args
     )
     if export_model:
         kept.append({"class_path": EXPORT_CLASS, "init_args": {"dirpath": f"{CELL_DIR}/hf_model"}})
-    kept.append({"class_path": EVALUATION_CLASS, "init_args": eval_args})
+    kept.append(evaluation_callback)
     kept.append({"class_path": REPORT_CLASS, "init_args": {"path": f"{CELL_DIR}/cell_report.json"}})
     trainer["callbacks"] = kept
     return config
@@ -227,16 +252,15 @@ def reference_config(
     trainer["limit_test_batches"] = 1
     _set_logger(trainer, CELL_DIR)
     evaluation_block = _evaluation_block(list(trainer.get("callbacks") or []))
-    eval_args = {**(evaluation_block.get("init_args") or {}), **evaluation.init_args}
-    eval_args.update(
-        retain_logs_path=retain_log,
-        output_dir=f"{CELL_DIR}/eval",
-        write_logs=True,
-        eval_on_start=False,
-        every_n_epochs=None,
-        on_test=True,
-    )
-    trainer["callbacks"] = [{"class_path": EVALUATION_CLASS, "init_args": eval_args}]
+    runner_args = {
+        "retain_logs_path": retain_log,
+        "output_dir": f"{CELL_DIR}/eval",
+        "write_logs": True,
+        "eval_on_start": False,
+        "every_n_epochs": None,
+        "on_test": True,
+    }
+    trainer["callbacks"] = [_evaluation_callback(evaluation_block, evaluation.init_args, runner_args)]
     return config
 
 

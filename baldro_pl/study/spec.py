@@ -58,7 +58,7 @@ OBJECTIVE_KINDS = {
     "aggregator": ("baldro_pl.objectives", "Aggregator"),
     "retain_loss": ("baldro_pl.objectives", "RetainLoss"),
 }
-#: TOFUEvaluation arguments the runner sets itself (per cell / reference evaluation).
+#: Evaluation (and TOFUSuite) arguments the runner sets itself (per cell / reference evaluation).
 RUNNER_EVALUATION_ARGS = ("retain_logs_path", "output_dir", "every_n_epochs", "write_logs")
 _VARIABLE = re.compile(r"\$\{([^}]*)\}")
 
@@ -115,7 +115,7 @@ class Method:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """The cells' TOFU evaluation: how often, and ``TOFUEvaluation`` arguments that override the unlearning config's."""
+    """The cells' TOFU evaluation: how often, and overrides of the config's ``Evaluation`` / ``TOFUSuite`` arguments."""
 
     every_n_epochs: int = 1
     init_args: dict[str, Any] = field(default_factory=dict)

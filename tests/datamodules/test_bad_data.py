@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from shared_data import shared_path
 
-from baldro_pl.datamodules import JsonDataModule, MUSEDataModule, TOFUDataModule, read_records
+from baldro_pl.datamodules import JsonDataModule, MUSEDataModule, RowFormat, TOFUDataModule, read_records
 
 QA = '{"question": "Who?", "answer": "Me."}\n'
 DIR = object()  # marks a case whose "file" is a directory
@@ -34,6 +34,8 @@ def _write(path: Path, content) -> None:
 
 
 def _setup_json(path: Path, tokenizer, **kwargs) -> JsonDataModule:
+    if "row_format" in kwargs:  # the cases hold the row format's fields: RowFormat checks them when built
+        kwargs["row_format"] = RowFormat(**kwargs["row_format"])
     dm = JsonDataModule(forget=str(path), tokenizer=tokenizer, **kwargs)
     dm.setup("fit")
     return dm
@@ -60,7 +62,7 @@ FORGET_CASES = {
     "empty_corpus_pretraining": (
         "forget.jsonl",
         '{"text": ""}\n',
-        {"mode": "pretraining"},
+        {"row_format": {"mode": "pretraining"}},
         "{p}: the corpus is empty (1 document, no token)",
     ),
     "malformed_jsonl_line": (
@@ -103,7 +105,7 @@ FORGET_CASES = {
     "missing_field_custom_key": (
         "forget.jsonl",
         QA,
-        {"answer_key": "response"},
+        {"row_format": {"answer_key": "response"}},
         "{p}: line 1 has no field 'response'; fields present: ['question', 'answer']",
     ),
     "number_field": (
@@ -145,7 +147,7 @@ FORGET_CASES = {
     "number_text_completion": (
         "forget.jsonl",
         '{"text": 12}\n',
-        {"mode": "completion"},
+        {"row_format": {"mode": "completion"}},
         "{p}: line 1, field 'text' is a number (12); expected a string",
     ),
     "invalid_utf8_jsonl": (
@@ -178,7 +180,7 @@ FORGET_CASES = {
     "unknown_mode": (
         "forget.jsonl",
         QA,
-        {"mode": "chat"},
+        {"row_format": {"mode": "chat"}},
         "mode must be 'qa', 'completion' or 'pretraining', got 'chat'",
     ),
 }

@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from baldro_pl.datamodules import FinetuneDataModule, JsonDataModule, read_records
+from baldro_pl.datamodules import FinetuneDataModule, JsonDataModule, RowFormat, read_records
 from baldro_pl.datamodules.formatting import IGNORE_INDEX
 
+QA_ROWS = RowFormat(question_key="q", answer_key="a")
 ROWS = [{"q": f"Where was author {i} born?", "a": f"Author {i} was born in Paris.", "n": i} for i in range(9)]
 
 
@@ -37,7 +38,7 @@ def test_qa_files_of_every_format(tmp_path, toy_tokenizer, suffix):
     forget = _write(tmp_path / f"forget{suffix}", ROWS)
     retain = _write(tmp_path / f"retain{suffix}", ROWS[:4])
     dm = JsonDataModule(
-        forget=str(forget), retain=str(retain), question_key="q", answer_key="a", tokenizer=toy_tokenizer, batch_size=3
+        forget=str(forget), retain=str(retain), row_format=QA_ROWS, tokenizer=toy_tokenizer, batch_size=3
     )
     dm.setup("fit")
     assert dm.benchmark == "custom"
@@ -56,9 +57,7 @@ def test_saved_dataset_folder(tmp_path, toy_tokenizer):
     import datasets
 
     datasets.DatasetDict({"forget": datasets.Dataset.from_list(ROWS)}).save_to_disk(str(tmp_path / "ds"))
-    dm = JsonDataModule(
-        forget=str(tmp_path / "ds"), forget_split="forget", question_key="q", answer_key="a", tokenizer=toy_tokenizer
-    )
+    dm = JsonDataModule(forget=str(tmp_path / "ds"), forget_split="forget", row_format=QA_ROWS, tokenizer=toy_tokenizer)
     dm.setup("fit")
     assert len(dm.forget_dataset) == 9 and dm.retain_dataset is None
     batch = next(iter(dm.train_dataloader()))
@@ -69,10 +68,7 @@ def test_completion_mode(tmp_path, toy_tokenizer):
     rows = [{"prompt": "The quick brown fox", "gt": "jumps over the lazy dog."}]
     dm = JsonDataModule(
         forget=str(_write(tmp_path / "f.jsonl", rows)),
-        mode="completion",
-        prefix_key="prompt",
-        text_key="gt",
-        insert_space=True,
+        row_format=RowFormat(mode="completion", prefix_key="prompt", text_key="gt", insert_space=True),
         tokenizer=toy_tokenizer,
     )
     dm.setup("fit")
@@ -85,7 +81,9 @@ def test_completion_mode(tmp_path, toy_tokenizer):
 def test_pretraining_mode_with_string_rows(tmp_path, toy_tokenizer):
     path = tmp_path / "corpus.json"
     path.write_text(json.dumps(["The quick brown fox jumps over the lazy dog."] * 3), encoding="utf-8")
-    dm = JsonDataModule(forget=str(path), mode="pretraining", tokenizer=toy_tokenizer, max_length=8)
+    dm = JsonDataModule(
+        forget=str(path), row_format=RowFormat(mode="pretraining"), tokenizer=toy_tokenizer, max_length=8
+    )
     dm.setup("fit")
     n_tokens = len(toy_tokenizer("\n\n".join(["The quick brown fox jumps over the lazy dog."] * 3))["input_ids"]) - 1
     assert len(dm.forget_dataset) == -(-n_tokens // 8)
@@ -96,7 +94,7 @@ def test_evaluation_files_are_returned_raw(tmp_path, toy_tokenizer):
     forget = _write(tmp_path / "f.jsonl", ROWS)
     extra = _write(tmp_path / "extra.json", [{"question": "x?", "answer": "y", "perturbed_answer": ["z"]}])
     dm = JsonDataModule(
-        forget=str(forget), question_key="q", answer_key="a", tokenizer=toy_tokenizer, evaluation={"extra": str(extra)}
+        forget=str(forget), row_format=QA_ROWS, tokenizer=toy_tokenizer, evaluation={"extra": str(extra)}
     )
     dm.setup("validate")
     assert dm.evaluation_rows() == {"extra": [{"question": "x?", "answer": "y", "perturbed_answer": ["z"]}]}
@@ -105,7 +103,7 @@ def test_evaluation_files_are_returned_raw(tmp_path, toy_tokenizer):
 
 def test_finetune_datamodule_gives_plain_batches(tmp_path, toy_tokenizer):
     path = _write(tmp_path / "full.jsonl", ROWS)
-    dm = FinetuneDataModule(train=str(path), question_key="q", answer_key="a", tokenizer=toy_tokenizer, batch_size=4)
+    dm = FinetuneDataModule(train=str(path), row_format=QA_ROWS, tokenizer=toy_tokenizer, batch_size=4)
     dm.setup("fit")
     loader = dm.train_dataloader()
     seen = []

@@ -94,7 +94,7 @@ def _fit_command(*extra: str) -> list[str]:
         # the preset's evaluation callback, after the one epoch, a few metrics (forget quality needs the retain log)
         "--trainer.callbacks.init_args.every_n_epochs",
         "1",
-        "--trainer.callbacks.init_args.metrics",
+        "--trainer.callbacks.init_args.suite.init_args.metrics",
         EVAL_METRICS,
     ]
 
@@ -169,11 +169,11 @@ def test_test_with_two_processes_through_the_cli(demo_dir: Path) -> None:
         str(target),
         "--data.init_args.data_dir",
         str(demo_dir / "outputs/demo/data"),
-        "--trainer.callbacks.init_args.retain_logs_path",
+        "--trainer.callbacks.init_args.suite.init_args.retain_logs_path",
         str(demo_dir / "outputs/demo/eval/retain/TOFU_EVAL.json"),
-        "--trainer.callbacks.init_args.metrics",
+        "--trainer.callbacks.init_args.suite.init_args.metrics",
         EVAL_METRICS,
-        "--trainer.callbacks.init_args.max_new_tokens",
+        "--trainer.callbacks.init_args.suite.init_args.max_new_tokens",
         "8",
     ]
     _run(demo_dir, command)

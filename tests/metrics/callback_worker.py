@@ -1,7 +1,7 @@
 """Run by test_eval_callbacks_distributed.py in a subprocess (not a test itself).
 
 Trains a tiny Llama for one step on the synthetic TOFU-style set with two CPU processes (``ddp`` or FSDP through
-``HFFSDPStrategy``) with :class:`TOFUEvaluation` attached, then runs ``trainer.test``. Lightning starts rank 1 by
+``HFFSDPStrategy``) with the TOFU :class:`Evaluation` attached, then runs ``trainer.test``. Lightning starts rank 1 by
 re-running this script, hence a script and not a test. Writes ``<out>/rank<r>.json`` with the callback's test result,
 whether the evaluation in ``test`` changed any (local shard of a) weight and whether it left gradients behind.
 
@@ -45,7 +45,7 @@ class WeightWatch(pl.Callback):
 
 def main(spec_path: str) -> None:
     from baldro_pl.datamodules import TOFUDataModule
-    from baldro_pl.metrics import TOFUEvaluation
+    from baldro_pl.metrics import Evaluation, TOFUSuite
     from baldro_pl.modules import UnlearningModule
     from baldro_pl.objectives import NLL, NPO, Mean
     from baldro_pl.strategies import HFFSDPStrategy
@@ -79,7 +79,7 @@ def main(spec_path: str) -> None:
         )
 
     data = TOFUDataModule(data_dir=spec["data"], forget_split="forget01", tokenizer=spec["model"], batch_size=2, seed=3)
-    evaluation = TOFUEvaluation(max_new_tokens=4, batch_size=4, output_dir=str(out / "eval"))
+    evaluation = Evaluation(TOFUSuite(max_new_tokens=4, batch_size=4), output_dir=str(out / "eval"))
     module = build()
     trainer_for(evaluation).fit(module, datamodule=data)
     # HFFSDPStrategy refuses to wrap an already wrapped module a second time: test a fresh module under FSDP

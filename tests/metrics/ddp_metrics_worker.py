@@ -73,10 +73,10 @@ def main(rank: int, world_size: int, out: str, model_dir: str, n_metric_rows: in
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=world_size)
     try:
+        from suites import evaluate_tofu
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from baldro_pl.distributed import shard_indices
-        from baldro_pl.metrics.tofu import evaluate_tofu
 
         shard = shard_indices(n_metric_rows, rank, world_size)
         result = {"shard": shard, "metrics": metric_results([shard[:2], shard[2:]], n_metric_rows)}

@@ -1,4 +1,4 @@
-"""TOFUEvaluation / MUSEEvaluation inside Lightning: scheduling, files, logged scalars, weights left untouched."""
+"""The Evaluation callback (TOFU, MUSE) inside Lightning: scheduling, files, logged scalars, weights left untouched."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from capture_logger import CaptureLogger
+from suites import evaluate_muse, evaluate_tofu
 from torch.utils.data import DataLoader
 
 from baldro_pl.datamodules import PadCollator, PromptFormat, encode_qa
-from baldro_pl.metrics import MUSEEvaluation, TOFUEvaluation, evaluate_muse, evaluate_tofu
+from baldro_pl.datamodules.encoder import RowEncoder
+from baldro_pl.metrics import Evaluation, MUSESuite, TOFUSuite
 from baldro_pl.metrics.functional import privleak
 from baldro_pl.metrics.tofu import TOFU_METRICS
 
@@ -43,7 +45,7 @@ class StubModule(pl.LightningModule):
 
 
 class StubData(pl.LightningDataModule):
-    """The datamodule contract: ``evaluation_rows()``, ``tokenizer``, ``prompt_format``, ``max_length``."""
+    """The datamodule contract: ``evaluation_rows()``, ``encoder`` (tokenizer, prompt format, ``max_length``)."""
 
     def __init__(self, tokenizer, rows, prompt_format, forget_split="forget10") -> None:
         super().__init__()
@@ -53,6 +55,10 @@ class StubData(pl.LightningDataModule):
         self.forget_split = forget_split
         self._rows = rows
         self.calls = 0
+
+    @property
+    def encoder(self) -> RowEncoder:
+        return RowEncoder(self.tokenizer, self.prompt_format, self.max_length)
 
     def evaluation_rows(self):
         self.calls += 1
@@ -109,7 +115,7 @@ def test_fit_schedule_files_and_logging(tmp_path, tiny_model, toy_tokenizer, tof
     rows = tofu_rows(N_ROWS)
     data = StubData(toy_tokenizer, rows, PromptFormat.llama2_chat())
     initial = copy.deepcopy(tiny_model).eval()
-    callback = TOFUEvaluation(every_n_epochs=2, max_new_tokens=TOKENS, output_dir=tmp_path / "eval")
+    callback = Evaluation(TOFUSuite(max_new_tokens=TOKENS), every_n_epochs=2, output_dir=tmp_path / "eval")
     logger = CaptureLogger()
     trainer = _trainer(tmp_path, callback, logger=logger, max_epochs=2, limit_train_batches=2)
     trainer.fit(StubModule(tiny_model), datamodule=data)
@@ -140,7 +146,7 @@ def test_test_and_validate_leave_the_model_untouched(tmp_path, tiny_model, toy_t
     data = StubData(toy_tokenizer, rows, PromptFormat.llama2_chat())
     module = StubModule(tiny_model)
     weights = {k: v.clone() for k, v in tiny_model.state_dict().items()}
-    callback = TOFUEvaluation(max_new_tokens=TOKENS, output_dir=tmp_path / "eval", exclude=["forget_balance"])
+    callback = Evaluation(TOFUSuite(max_new_tokens=TOKENS, exclude=["forget_balance"]), output_dir=tmp_path / "eval")
     trainer = _trainer(tmp_path, callback)
     trainer.test(module, datamodule=data)
     assert all(torch.equal(v, tiny_model.state_dict()[k]) for k, v in weights.items())
@@ -162,7 +168,7 @@ def test_default_output_dir_is_the_log_dir(tmp_path, tiny_model, toy_tokenizer, 
     from lightning.pytorch.loggers import CSVLogger
 
     data = StubData(toy_tokenizer, tofu_rows(2), PromptFormat.llama2_chat())
-    callback = TOFUEvaluation(metrics=["forget_Q_A_Prob", "privleak"], max_new_tokens=TOKENS)
+    callback = Evaluation(TOFUSuite(metrics=["forget_Q_A_Prob", "privleak"], max_new_tokens=TOKENS))
     trainer = _trainer(tmp_path, callback, logger=CSVLogger(tmp_path / "logs"))
     trainer.test(StubModule(tiny_model), datamodule=data)
     written = json.loads((tmp_path / "logs" / "lightning_logs" / "version_0" / "test" / "TOFU_EVAL.json").read_text())
@@ -177,7 +183,9 @@ def test_retain_log_gives_forget_quality_one_against_itself(tmp_path, tiny_model
     reference = tmp_path / "retain_TOFU_EVAL.json"
     reference.write_text(json.dumps(own.logs))
     data = StubData(toy_tokenizer, rows, PromptFormat.llama2_chat())
-    callback = TOFUEvaluation(max_new_tokens=TOKENS, output_dir=tmp_path / "eval", retain_logs_path=str(reference))
+    callback = Evaluation(
+        TOFUSuite(max_new_tokens=TOKENS, retain_logs_path=str(reference)), output_dir=tmp_path / "eval"
+    )
     _trainer(tmp_path, callback).test(StubModule(tiny_model), datamodule=data)
     summary = callback.last_result.summary
     assert summary["forget_quality"] == 1.0
@@ -192,8 +200,9 @@ def test_muse_callback_in_validate(tmp_path, tiny_model, toy_tokenizer, muse_row
     rows = muse_rows(3)
     ref = shared_path("data", "reference_logs", "muse_Llama-2-7b-hf_News_retrain_MUSE_EVAL.json")
     data = StubData(toy_tokenizer, rows, PromptFormat.muse_qa())
-    callback = MUSEEvaluation(
-        max_new_tokens=TOKENS, output_dir=tmp_path / "eval", retain_logs_path=str(ref), exclude=["mia_gradnorm"]
+    callback = Evaluation(
+        MUSESuite(max_new_tokens=TOKENS, retain_logs_path=str(ref), exclude=["mia_gradnorm"]),
+        output_dir=tmp_path / "eval",
     )
     model = copy.deepcopy(tiny_model)
     _trainer(tmp_path, callback, limit_val_batches=1).validate(StubModule(tiny_model), datamodule=data)
@@ -214,7 +223,7 @@ def test_missing_contract_is_a_clear_error(tmp_path, tiny_model) -> None:
         def test_dataloader(self):
             return DataLoader([0], batch_size=1)
 
-    callback = TOFUEvaluation(max_new_tokens=TOKENS, output_dir=tmp_path)
+    callback = Evaluation(TOFUSuite(max_new_tokens=TOKENS), output_dir=tmp_path)
     with pytest.raises(AttributeError, match="needs `tokenizer`"):
         _trainer(tmp_path, callback).test(StubModule(tiny_model), datamodule=NoRows())
 
@@ -222,12 +231,12 @@ def test_missing_contract_is_a_clear_error(tmp_path, tiny_model) -> None:
 @pytest.mark.parametrize(
     ("cls", "setting"),
     [
-        ("TOFUEvaluation", "batch_size"),
-        ("TOFUEvaluation", "max_new_tokens"),
-        ("MUSEEvaluation", "max_new_tokens"),
-        ("MUSEEvaluation", "verbmem_batch_size"),
-        ("MUSEEvaluation", "knowmem_batch_size"),
-        ("MUSEEvaluation", "mia_batch_size"),
+        ("TOFUSuite", "batch_size"),
+        ("TOFUSuite", "max_new_tokens"),
+        ("MUSESuite", "max_new_tokens"),
+        ("MUSESuite", "verbmem_batch_size"),
+        ("MUSESuite", "knowmem_batch_size"),
+        ("MUSESuite", "mia_batch_size"),
     ],
 )
 def test_evaluation_counts_below_one_are_refused_when_built(cls: str, setting: str) -> None:

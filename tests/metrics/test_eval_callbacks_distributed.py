@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from suites import evaluate_tofu
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from baldro_pl.datamodules import PromptFormat, generate_synthetic_tofu, synthetic_texts, write_synthetic_tofu
-from baldro_pl.metrics import evaluate_tofu
 from baldro_pl.toy import tiny_llama, train_tokenizer
 
 WORKER = Path(__file__).with_name("callback_worker.py")

@@ -8,13 +8,14 @@ import zlib
 
 import pytest
 import torch
+from suites import evaluate_muse, evaluate_tofu
 
 from baldro_pl.datamodules import PromptFormat, encode_qa
-from baldro_pl.metrics import evaluate_muse, evaluate_tofu, recompute_aggregates, write_json_atomic
+from baldro_pl.metrics import recompute_aggregates, write_json_atomic
 from baldro_pl.metrics.functional import truth_ratio
 from baldro_pl.metrics.likelihood import score_samples
 from baldro_pl.metrics.muse import MUSE_METRICS
-from baldro_pl.metrics.tofu import TOFU_METRICS, TOFUEvaluator
+from baldro_pl.metrics.tofu import TOFU_METRICS, TOFUSuite
 
 TOKENS = 4
 
@@ -111,7 +112,7 @@ def test_evaluation_leaves_model_state_alone(tiny_model, toy_tokenizer, tofu_row
 
 
 def test_metric_selection_closes_over_dependencies(toy_tokenizer) -> None:
-    evaluator = TOFUEvaluator(toy_tokenizer, metrics=["model_utility"])
+    evaluator = TOFUSuite(metrics=["model_utility"])
     assert set(evaluator.metrics) == {
         "model_utility",
         "retain_Q_A_Prob",
@@ -126,9 +127,9 @@ def test_metric_selection_closes_over_dependencies(toy_tokenizer) -> None:
         ),
     }
     assert not evaluator.plans["forget"].needed and not evaluator.plans["holdout"].needed
-    full = TOFUEvaluator(toy_tokenizer, exclude=["mia_gradnorm"])
+    full = TOFUSuite(exclude=["mia_gradnorm"])
     assert "mia_gradnorm" not in full.metrics and full.plans["forget"].vocab and not full.plans["forget"].gradnorm
-    light = TOFUEvaluator(toy_tokenizer, metrics=["privleak", "forget_balance"])
+    light = TOFUSuite(metrics=["privleak", "forget_balance"])
     assert light.metrics == [
         "forget_Q_A_PARA_Prob",
         "forget_Q_A_PERT_Prob",

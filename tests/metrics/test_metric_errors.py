@@ -8,8 +8,9 @@ import logging
 import pytest
 from metrics_data import read_jsonl
 from shared_data import shared_path
+from suites import evaluate_muse, evaluate_tofu
 
-from baldro_pl.metrics import ReferenceLogError, TOFUEvaluator, evaluate_muse, evaluate_tofu, load_eval_log
+from baldro_pl.metrics import ReferenceLogError, TOFUSuite, load_eval_log
 from baldro_pl.metrics.summarize import main as summarize_main
 
 RETAIN90 = ("data", "reference_logs", "tofu_Llama-2-7b-chat-hf_retain90_TOFU_EVAL.json")
@@ -85,11 +86,11 @@ def test_missing_split_and_unknown_metric(tiny_model, toy_tokenizer, tofu_rows) 
     with pytest.raises(KeyError, match="needs the 'holdout' split"):
         evaluate_tofu(tiny_model, toy_tokenizer, rows, metrics=["mia_loss"])
     with pytest.raises(ValueError, match="unknown TOFU metric"):
-        TOFUEvaluator(toy_tokenizer, metrics=["forget_Q_A_prob"])
+        TOFUSuite(metrics=["forget_Q_A_prob"])
     with pytest.raises(ValueError, match="unknown TOFU metric"):
-        TOFUEvaluator(toy_tokenizer, exclude=["gradnorm"])
+        TOFUSuite(exclude=["gradnorm"])
     with pytest.raises(ValueError, match="batch_size"):
-        TOFUEvaluator(toy_tokenizer, batch_size=0)
+        TOFUSuite(batch_size=0)
 
 
 def test_muse_bad_rows(tiny_model, toy_tokenizer, muse_rows) -> None:

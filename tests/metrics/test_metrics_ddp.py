@@ -12,8 +12,7 @@ import pytest
 import torch.multiprocessing as mp
 from ddp_metrics_worker import main as worker_main
 from ddp_metrics_worker import metric_results
-
-from baldro_pl.metrics.tofu import evaluate_tofu
+from suites import evaluate_tofu
 
 N_METRIC_ROWS = 9
 N_TOFU_ROWS = 5

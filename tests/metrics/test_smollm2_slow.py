@@ -15,9 +15,10 @@ import time
 import pytest
 import torch
 from shared_data import shared_path
+from suites import evaluate_tofu
 
 from baldro_pl.datamodules import PromptFormat
-from baldro_pl.metrics import evaluate_tofu, recompute_aggregates
+from baldro_pl.metrics import recompute_aggregates
 from baldro_pl.metrics.functional.rouge import ROUGE_FIELDS
 
 pytestmark = pytest.mark.slow

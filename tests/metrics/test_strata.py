@@ -6,8 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from suites import evaluate_tofu
 
-from baldro_pl.metrics import evaluate_tofu, recompute_aggregates, write_json_atomic
+from baldro_pl.metrics import recompute_aggregates, write_json_atomic
 from baldro_pl.metrics.strata import STRATUM_LOG_KEY, per_stratum_metrics, read_stratum_map, stratum_logs
 from baldro_pl.metrics.summarize import main as summarize_main
 from baldro_pl.metrics.summarize import summarize_file

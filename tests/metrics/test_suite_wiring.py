@@ -30,12 +30,14 @@ import numpy as np
 import pytest
 import torch
 import wiring_data as W
+from suites import evaluate_muse, evaluate_tofu
 from torch.utils.data import DataLoader
 
 from baldro_pl.datamodules import PromptFormat, encode_qa
-from baldro_pl.metrics import MUSEEvaluation, TOFUEvaluation, evaluate_muse, evaluate_tofu, write_json_atomic
+from baldro_pl.datamodules.encoder import RowEncoder
+from baldro_pl.metrics import Evaluation, MUSESuite, TOFUSuite, write_json_atomic
+from baldro_pl.metrics.generation import target_text
 from baldro_pl.metrics.muse import MUSE_METRICS
-from baldro_pl.metrics.suite import target_text
 from baldro_pl.metrics.tofu import TOFU_METRICS
 
 TOFU_PREFIXES = {"forget": "forget", "retain": "retain", "real_authors": "ra", "world_facts": "wf"}
@@ -110,14 +112,11 @@ def tofu_run(fitted, tmp_path_factory) -> SuiteRun:
         max_new_tokens=W.MAX_NEW_TOKENS,
     )
     retain_path = write_json_atomic(folder / "retain" / "TOFU_EVAL.json", retain.logs)
-    callback = TOFUEvaluation(
-        retain_logs_path=retain_path,
+    suite = TOFUSuite(retain_logs_path=retain_path, max_new_tokens=W.MAX_NEW_TOKENS, batch_size=8)
+    encoder = RowEncoder(fitted.tokenizer, PromptFormat.llama2_chat(), 512)
+    callback = Evaluation(
+        suite.connect(encoder=encoder, forget_split="forget_wiring"),
         rows=W.TOFU_ROWS,
-        tokenizer=fitted.tokenizer,
-        prompt_format=PromptFormat.llama2_chat(),
-        forget_split="forget_wiring",
-        max_new_tokens=W.MAX_NEW_TOKENS,
-        batch_size=8,
         eval_on_start=False,
         every_n_epochs=None,
         output_dir=folder / "run",
@@ -130,11 +129,10 @@ def muse_run(fitted, tmp_path_factory) -> SuiteRun:
     folder = tmp_path_factory.mktemp("muse_wiring")
     retrain = evaluate_muse(fitted.retain_model, fitted.tokenizer, W.MUSE_ROWS, metrics=["mia_min_k"])
     retrain_path = write_json_atomic(folder / "retrain" / "MUSE_EVAL.json", retrain.logs)
-    callback = MUSEEvaluation(
-        retain_logs_path=retrain_path,
+    suite = MUSESuite(retain_logs_path=retrain_path, max_new_tokens=W.MAX_NEW_TOKENS)
+    callback = Evaluation(
+        suite.connect(encoder=RowEncoder(fitted.tokenizer, PromptFormat.muse_qa(), 512)),
         rows=W.MUSE_ROWS,
-        tokenizer=fitted.tokenizer,
-        max_new_tokens=W.MAX_NEW_TOKENS,
         eval_on_start=False,
         every_n_epochs=None,
         output_dir=folder / "run",

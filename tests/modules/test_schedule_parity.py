@@ -18,7 +18,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
-from toy_task import RETAIN_QA, ToyUnlearningData, quiet_trainer
+from toy_task import RETAIN_QA, ToyUnlearningData
+from trainers import quiet_trainer
 
 from baldro_pl.datamodules import PromptFormat, encode_qa, pad_samples
 from baldro_pl.modules import FinetuneModule, UnlearningModule

@@ -8,7 +8,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from toy_task import ToyUnlearningData, mean_avg_nll, quiet_trainer
+from toy_task import ToyUnlearningData, mean_avg_nll
+from trainers import quiet_trainer
 
 from baldro_pl.modules import FinetuneModule, UnlearningModule
 from baldro_pl.objectives import KL, NLL, NPO, BalDRODV, BalDROG, GradAscent, SatImp, SimNPO

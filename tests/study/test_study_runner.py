@@ -208,9 +208,9 @@ def test_study_forget_quality_equals_baldro_pl_test_of_the_exported_model(
                     "--trainer.limit_test_batches", "1",
                     "--trainer.enable_progress_bar", "false",
                     "--trainer.logger.init_args.save_dir", str(output),
-                    "--trainer.callbacks.init_args.retain_logs_path", retain_log,
-                    "--trainer.callbacks.init_args.metrics", "[forget_quality]",
-                    "--trainer.callbacks.init_args.max_new_tokens", str(MAX_NEW_TOKENS),
+                    "--trainer.callbacks.init_args.suite.init_args.retain_logs_path", retain_log,
+                    "--trainer.callbacks.init_args.suite.init_args.metrics", "[forget_quality]",
+                    "--trainer.callbacks.init_args.suite.init_args.max_new_tokens", str(MAX_NEW_TOKENS),
                     "--trainer.callbacks.init_args.output_dir", str(output),
                 ]
             )  # fmt: skip

@@ -182,7 +182,8 @@ def test_dry_run_plans_cells_named_by_the_hash_of_their_config(
     assert config["model"]["init_args"]["aggregator"]["init_args"]["ratio"] == 0.5
     assert config["model"]["init_args"]["model"] == good["target"]["path"]
     evaluation = config["trainer"]["callbacks"][-2]["init_args"]
-    assert evaluation["retain_logs_path"] == plan.retain_log
+    suite_args = evaluation["suite"]["init_args"]  # the reference log is a setting of the suite
+    assert suite_args["retain_logs_path"] == plan.retain_log
     assert (evaluation["every_n_epochs"], evaluation["eval_on_start"]) == (1, False)
     # the hash is the config's: a renamed method keeps its cells, another learning rate does not
     renamed = plan_study(_edit(good, "grid.methods.1.name", "BalDRO-G"))

@@ -12,13 +12,9 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
+from baldro_pl.metrics.functional.forget_quality import as_float64_array
+
 BALANCE_KEYS: tuple[str, ...] = ("forget_balance_under", "forget_balance_within", "forget_balance_over")
-
-
-def _as_array(values: Tensor | np.ndarray | list[float]) -> np.ndarray:
-    if isinstance(values, Tensor):
-        values = values.detach().to("cpu").double().numpy()
-    return np.asarray(values, dtype=np.float64).reshape(-1)
 
 
 def forgetting_balance(
@@ -35,10 +31,18 @@ def forgetting_balance(
 
     Returns:
         ``{"forget_balance_under": ..., "forget_balance_within": ..., "forget_balance_over": ...}`` (sums to 1).
+
+    Example:
+        The reference's 5th and 95th percentiles of 0, 1, ..., 100 are 5 and 95; one sample of four lies below, two
+        inside, one above:
+
+        >>> balance = forgetting_balance([1.0, 5.0, 50.0, 99.0], list(range(101)))
+        >>> [round(balance[key], 2) for key in BALANCE_KEYS]
+        [0.25, 0.5, 0.25]
     """
     if not 0.0 <= lower_percentile < upper_percentile <= 100.0:
         raise ValueError(f"need 0 <= lower < upper <= 100, got {lower_percentile}, {upper_percentile}")
-    tr, ref = _as_array(truth_ratios), _as_array(reference_truth_ratios)
+    tr, ref = as_float64_array(truth_ratios), as_float64_array(reference_truth_ratios)
     if tr.size == 0 or ref.size == 0:
         raise ValueError("forgetting_balance: both truth-ratio samples must be non-empty")
     low, high = np.percentile(ref, [lower_percentile, upper_percentile])

@@ -7,7 +7,8 @@ from scipy.stats import ks_2samp
 from torch import Tensor
 
 
-def _as_array(values: Tensor | np.ndarray | list[float]) -> np.ndarray:
+def as_float64_array(values: Tensor | np.ndarray | list[float]) -> np.ndarray:
+    """A flat float64 numpy copy of per-sample values (tensor, array or list), for scipy and numpy statistics."""
     if isinstance(values, Tensor):
         values = values.detach().to("cpu").double().numpy()
     return np.asarray(values, dtype=np.float64).reshape(-1)
@@ -28,8 +29,17 @@ def forget_quality(
 
     Raises:
         ValueError: if either sample is empty.
+
+    Example:
+        Identical samples cannot be told apart (p = 1); two disjoint samples of three give the exact two-sided
+        p-value ``2 / C(6, 3) = 0.1``:
+
+        >>> forget_quality([0.2, 0.5, 0.9], [0.2, 0.5, 0.9])
+        1.0
+        >>> round(forget_quality([0.1, 0.2, 0.3], [0.7, 0.8, 0.9]), 12)
+        0.1
     """
-    a, b = _as_array(truth_ratios), _as_array(reference_truth_ratios)
+    a, b = as_float64_array(truth_ratios), as_float64_array(reference_truth_ratios)
     if a.size == 0 or b.size == 0:
         raise ValueError("forget_quality: both truth-ratio samples must be non-empty")
     return float(ks_2samp(a, b).pvalue)

@@ -19,6 +19,15 @@ def exact_memorization(correct: Tensor, mask: Tensor) -> Tensor:
 
     Returns:
         ``[B]`` float64 (NaN stands for open-unlearning's ``None``, skipped in the mean).
+
+    Example:
+        Three of four target tokens right; a row without targets is NaN:
+
+        >>> import torch
+        >>> correct = torch.tensor([[True, False, True, True], [True, True, False, False]])
+        >>> mask = torch.tensor([[True, True, True, True], [False, False, False, False]])
+        >>> exact_memorization(correct, mask)
+        tensor([0.7500,    nan], dtype=torch.float64)
     """
     n = mask.sum(-1).to(torch.float64)
     hits = (correct & mask).sum(-1).to(torch.float64)
@@ -30,6 +39,16 @@ def extraction_strength(correct: Tensor, mask: Tensor) -> Tensor:
 
     As in open-unlearning, the empty suffix is never tested: if even the last token is wrong, ``k = L - 1`` and
     ES = 1/L, not 0 (P10). ``L = 0`` gives 0.
+
+    Example:
+        Four targets, the second wrong: the all-correct suffix starts at ``k = 2``, so ES = 1 - 2/4. All wrong gives
+        1/L, all right 1:
+
+        >>> import torch
+        >>> mask = torch.ones(3, 4, dtype=torch.bool)
+        >>> correct = torch.tensor([[True, False, True, True], [False] * 4, [True] * 4])
+        >>> extraction_strength(correct, mask)
+        tensor([0.5000, 0.2500, 1.0000], dtype=torch.float64)
     """
     positions = torch.arange(mask.shape[-1], device=mask.device).expand_as(mask)
     wrong = mask & ~correct

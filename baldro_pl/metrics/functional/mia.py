@@ -27,6 +27,14 @@ def min_k_scores(values: Tensor, mask: Tensor, k: float = 0.4) -> Tensor:
 
     Returns:
         ``[B]`` float64 scores.
+
+    Example:
+        Five tokens, k = 0.4: the two lowest log-probs (-3 and -2) are averaged and negated:
+
+        >>> import torch
+        >>> values = torch.tensor([[-0.5, -3.0, -1.0, -2.0, -0.1]])
+        >>> min_k_scores(values, torch.ones(1, 5, dtype=torch.bool), k=0.4)
+        tensor([2.5000], dtype=torch.float64)
     """
     if not 0.0 < k <= 1.0:
         raise ValueError(f"min-k fraction must lie in (0, 1], got {k}")
@@ -69,6 +77,13 @@ def mia_auc(forget_scores: Tensor, holdout_scores: Tensor) -> float:
     torchmetrics applies a sigmoid to predictions outside [0, 1], which would saturate large scores (gradnorm) into
     false ties; the scores are therefore replaced by their dense ranks scaled to [0, 1] first. That transform is
     strictly monotone and keeps ties, so the AUC is unchanged.
+
+    Example:
+        Of the four (forget, holdout) pairs, three have the holdout score higher and one is a tie (counts 1/2):
+
+        >>> import torch
+        >>> mia_auc(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 3.0]))
+        0.875
     """
     forget_scores = torch.as_tensor(forget_scores, dtype=torch.float64).reshape(-1)
     holdout_scores = torch.as_tensor(holdout_scores, dtype=torch.float64).reshape(-1)
@@ -96,6 +111,12 @@ def privleak(auc: float, reference_auc: float | None = None) -> float:
     Args:
         auc: the evaluated model's ``mia_min_k`` AUC.
         reference_auc: the retain / retrain model's ``mia_min_k`` AUC; None uses open-unlearning's default 0.5.
+
+    Example:
+        AUC 0.4 against the default reference: ``(0.6 - 0.5) / 0.5 * 100``:
+
+        >>> round(privleak(0.4), 6)
+        20.0
     """
     ref = 1.0 - (0.5 if reference_auc is None else float(reference_auc))
     return (1.0 - float(auc) - ref) / (ref + 1e-10) * 100.0

@@ -21,7 +21,16 @@ MODEL_UTILITY_COMPONENTS: tuple[str, ...] = (
 
 
 def harmonic_mean(values: Sequence[float]) -> float:
-    """``scipy.stats.hmean`` (0 if any value is 0; negative values raise, as in open-unlearning)."""
+    """``scipy.stats.hmean`` (0 if any value is 0; negative values raise, as in open-unlearning).
+
+    Example:
+        ``3 / (1/1 + 1/0.5 + 1/0.25) = 3/7``:
+
+        >>> round(harmonic_mean([1.0, 0.5, 0.25]), 12)
+        0.428571428571
+        >>> harmonic_mean([0.4, 0.0])
+        0.0
+    """
     arr = np.asarray(list(values), dtype=np.float64)
     if arr.size == 0:
         raise ValueError("harmonic_mean: no values")
@@ -35,6 +44,12 @@ def model_utility(components: Mapping[str, float]) -> float:
 
     Raises:
         KeyError: naming the missing component(s).
+
+    Example:
+        Nine components of 0.5 have harmonic mean 0.5:
+
+        >>> model_utility({name: 0.5 for name in MODEL_UTILITY_COMPONENTS})
+        0.5
     """
     missing = [k for k in MODEL_UTILITY_COMPONENTS if components.get(k) is None]
     if missing:
