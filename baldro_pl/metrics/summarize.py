@@ -66,7 +66,7 @@ _JSON_TYPES |= {"bool": "true/false", "NoneType": "null"}
 
 def _json_kind(value: Any) -> str:
     """What ``value`` is called in JSON terms (object, array, string, number, true/false, null)."""
-    return _json_kind(value)
+    return _JSON_TYPES.get(type(value).__name__, type(value).__name__)
 
 
 class SummarizeError(ValueError):
