@@ -1,7 +1,8 @@
 """Distributed glue in one place (FSDP specifics live in :mod:`baldro_pl.strategies`).
 
-Rank and world, sharding rows over processes, gathering ragged tensors and Python objects, the process-group timeout
-and rank-0-only paths.
+Rank and world, sharding rows over processes, gathering ragged tensors and Python objects (and, for losses over the
+global batch, rows with their gradient: :func:`gather_rows_with_grad`), the process-group timeout and rank-0-only
+paths.
 
 Evaluation sharding: every process evaluates a disjoint shard of the rows, padded with repeats exactly like
 ``torch.utils.data.DistributedSampler(shuffle=False, drop_last=False)``, so that all processes run the same number of
@@ -175,3 +176,56 @@ def gather_ragged(*tensors: Tensor, all_gather: AllGather | None = None) -> tupl
         stacked = gather(padded.contiguous()).reshape(len(counts), width, *t.shape[1:])
         out.append(torch.cat([stacked[r, :c] for r, c in enumerate(counts)]))
     return tuple(out)
+
+
+class _GatherRowsWithGrad(torch.autograd.Function):
+    """All-gather of ragged rows whose backward sums the gradient over ranks and keeps this rank's rows."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor, counts: list[int], rank: int) -> Tensor:
+        ctx.counts, ctx.rank = counts, rank
+        width = max(counts)
+        n = tensor.shape[0]
+        padded = torch.cat([tensor, tensor.new_zeros((width - n, *tensor.shape[1:]))]) if width > n else tensor
+        parts = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(parts, padded.contiguous())
+        return torch.cat([part[:c] for part, c in zip(parts, counts, strict=True)])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        # every rank's loss may depend on every row: the gradient of rank r's rows is the sum over ranks
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = sum(ctx.counts[: ctx.rank])
+        return grad[start : start + ctx.counts[ctx.rank]], None, None
+
+
+def gather_rows_with_grad(tensor: Tensor) -> tuple[Tensor, slice]:
+    """All-gather ``tensor`` ``[n_r, ...]`` of every rank in rank order, differentiably.
+
+    The same concatenation as :func:`gather_ragged` (lengths may differ between ranks), with torch.distributed.nn's
+    gradient: the backward all-reduces (sums) the gradient of the gathered rows over ranks and returns this rank's
+    rows of it, ``dL_total/dx_r = sum_s dL_s/dy[rows of r]``. When every rank computes the same scalar ``L`` of the
+    gathered rows (a loss over the global batch), each rank's gradient is therefore ``W * dL/dx_r``, and the average
+    over the ``W`` ranks that DDP and FSDP apply to parameter gradients gives exactly ``dL/dtheta``, the gradient of
+    one process that saw the whole batch: the loss needs no rescaling. Two collectives forward (lengths, rows), one
+    backward (an all-reduce of ``sum_r n_r`` rows), all of them on every rank.
+
+    Args:
+        tensor: ``[n_r, ...]`` rows of this rank (same dtype and trailing shape on every rank).
+
+    Returns:
+        ``([sum_r n_r, ...] rows of all ranks, slice of this rank's rows in them)``; ``(tensor, slice(0, n))`` without
+        a process group or with one process.
+
+    >>> rows, mine = gather_rows_with_grad(torch.tensor([0.5, 2.0]))  # one process: unchanged
+    >>> rows.tolist(), mine
+    ([0.5, 2.0], slice(0, 2, None))
+    """
+    rank, world = rank_world()
+    n = tensor.shape[0]
+    if world == 1:
+        return tensor, slice(0, n)
+    counts = all_gather_tensor(torch.tensor([n], device=tensor.device)).reshape(-1).tolist()
+    start = sum(counts[:rank])
+    return _GatherRowsWithGrad.apply(tensor, counts, rank), slice(start, start + n)

@@ -33,7 +33,20 @@ from baldro_pl.metrics import Evaluation, MUSESuite, TOFUSuite
 from baldro_pl.metrics.muse import MUSE_METRICS
 from baldro_pl.metrics.tofu import TOFU_METRICS
 from baldro_pl.modules import CausalLMModule, FinetuneModule, UnlearningModule
-from baldro_pl.objectives import NLL, NPO, BalDRODV, BalDROG, Mean, SatImp, SimNPO
+from baldro_pl.objectives import (
+    CEU,
+    NLL,
+    NPO,
+    UNDIAL,
+    BalDRODV,
+    BalDROG,
+    GradAscent,
+    IdkDPO,
+    IdkNLL,
+    Mean,
+    SatImp,
+    SimNPO,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -46,6 +59,7 @@ EVAL_PRESETS = ["tofu/eval.yaml", "muse/eval_news.yaml", "muse/eval_books.yaml"]
 TOFU_NAMES = [
     *("npo", "npo_group", "npo_dv", "simnpo", "simnpo_group", "simnpo_dv", "satimp", "satimp_group", "satimp_dv"),
     *(f"{m}_release" for m in ("npo_dv", "npo_group", "simnpo_dv", "satimp_dv")),
+    *("graddiff", "ceu", "undial", "idknll", "idkdpo"),
 ]
 MUSE_NAMES = [
     "news_npo",
@@ -198,9 +212,9 @@ class Method(NamedTuple):
     accumulation: int
 
 
-DV_EASY = {"temperature": 1.0, "emphasis": "easy", "unit": "sample", "score": "loss"}  # the release code's DV
+DV_EASY = {"temperature": 1.0, "emphasis": "easy", "unit": "sample", "score": "loss", "scope": "global"}  # release DV
 DV_HARD = {**DV_EASY, "emphasis": "hard"}  # the paper's DV
-GROUP = {"ratio": 0.5, "subsample_retain": True, "seed": None}
+GROUP = {"ratio": 0.5, "subsample_retain": True, "seed": None, "scope": "global"}
 NPO_ARGS, SIMNPO_ARGS, SATIMP_ARGS = {"beta": 0.1}, {"beta": 4.5, "delta": 0.0}, {"beta1": 5.0, "beta2": 1.0}
 TOFU_METHODS = {
     "npo": Method(NPO, NPO_ARGS, Mean, {}, "token", 1.0, 1.0, 8, 4),
@@ -218,7 +232,14 @@ TOFU_METHODS = {
     "satimp_dv_release": Method(
         SatImp, SATIMP_ARGS, BalDRODV, {**DV_EASY, "unit": "token"}, "sequence", 0.1, 1.0, 4, 8
     ),
+    "graddiff": Method(GradAscent, {}, Mean, {}, "token", 1.0, 1.0, 8, 4),
+    "ceu": Method(CEU, {"ignore_first_n_answer_tokens": 1}, Mean, {}, "token", 1.0, 0.0, 8, 4),
+    "undial": Method(UNDIAL, {"beta": 10.0, "positions": "reference"}, Mean, {}, "token", 1.0, 0.0, 8, 4),
+    "idknll": Method(IdkNLL, {}, Mean, {}, "token", 1.0, 1.0, 8, 4),
+    "idkdpo": Method(IdkDPO, {"beta": 0.1}, Mean, {}, "token", 1.0, 1.0, 8, 4),
 }
+# open-unlearning's UNDIAL.yaml learning rate; every other TOFU preset: 1e-5 (BalDRO's scripts, open-unlearning)
+TOFU_LEARNING_RATES = {"undial": 1e-4}
 # the BalDRO scripts of GroupNPO and DrNPO run forget01 only; their release presets use it (the rest: forget10)
 TOFU_SPLITS = {
     "npo_dv_release": ("forget01", "retain99", "holdout01"),
@@ -273,7 +294,7 @@ def test_tofu_unlearning_preset_builds_the_parity_mapping(name: str, in_tmp: Pat
     assert cli.model.model_source == TOFU_TARGET  # a hub name: resolved without the network, loaded later
     _check_objective(cli.model, method)
     _check_reference_training(cli, method)
-    assert cli.model.learning_rate == 1e-5
+    assert cli.model.learning_rate == TOFU_LEARNING_RATES.get(name, 1e-5)
     assert (cli.model.weight_decay, cli.model.warmup_epochs, cli.model.lr_schedule) == (0.01, 1.0, "linear")
     data = cli.datamodule
     assert isinstance(data, TOFUDataModule)
@@ -347,7 +368,7 @@ _SATIMP = {
     "data.init_args.batch_size": 4, "trainer.accumulate_grad_batches": 8,
 }  # fmt: skip
 _MEAN = {"aggregator": ("baldro_pl.objectives.Mean", None)}
-_GROUP = {"aggregator": ("baldro_pl.objectives.BalDROG", {"ratio": 0.5, "subsample_retain": True, "seed": None})}
+_GROUP = {"aggregator": ("baldro_pl.objectives.BalDROG", GROUP)}
 _FORGET01 = {
     "data.init_args.forget_split": "forget01",
     "evaluation.retain_logs_path": "saves/eval/tofu_Llama-2-7b-chat-hf_retain99/TOFU_EVAL.json",
@@ -355,7 +376,7 @@ _FORGET01 = {
 
 
 def _dv(emphasis: str, unit: str = "sample") -> dict[str, Any]:
-    args = {"temperature": 1.0, "emphasis": emphasis, "unit": unit, "score": "loss"}
+    args = {"temperature": 1.0, "emphasis": emphasis, "unit": unit, "score": "loss", "scope": "global"}
     return {"aggregator": ("baldro_pl.objectives.BalDRODV", args)}
 
 
@@ -374,7 +395,28 @@ RESOLVED = {
     "tofu/satimp_group": {**_TOFU_COMMON, **_SATIMP, **_GROUP, **_TOKEN},
     "tofu/satimp_dv": {**_TOFU_COMMON, **_SATIMP, **_dv("hard", "token"), **_SEQUENCE},
     "tofu/satimp_dv_release": {**_TOFU_COMMON, **_SATIMP, **_dv("easy", "token"), **_SEQUENCE},
-}
+    "tofu/graddiff": {
+        **_TOFU_COMMON, "forget": ("baldro_pl.objectives.GradAscent", None), "model.init_args.gamma": 1.0,
+        **_MEAN, **_TOKEN,
+    },
+    "tofu/ceu": {
+        **_TOFU_COMMON, "forget": ("baldro_pl.objectives.CEU", {"ignore_first_n_answer_tokens": 1}),
+        "model.init_args.gamma": 1.0, "model.init_args.alpha": 0.0, **_MEAN, **_TOKEN,
+    },
+    "tofu/undial": {
+        **_TOFU_COMMON, "forget": ("baldro_pl.objectives.UNDIAL", {"beta": 10.0, "positions": "reference"}),
+        "model.init_args.gamma": 1.0, "model.init_args.alpha": 0.0, "model.init_args.learning_rate": 1e-4,
+        **_MEAN, **_TOKEN,
+    },
+    "tofu/idknll": {
+        **_TOFU_COMMON, "forget": ("baldro_pl.objectives.IdkNLL", None), "model.init_args.gamma": 1.0,
+        "data.init_args.alternate_answers": "data/idontknow.jsonl", **_MEAN, **_TOKEN,
+    },
+    "tofu/idkdpo": {
+        **_TOFU_COMMON, "forget": ("baldro_pl.objectives.IdkDPO", {"beta": 0.1}), "model.init_args.gamma": 1.0,
+        "data.init_args.alternate_answers": "data/idontknow.jsonl", **_MEAN, **_TOKEN,
+    },
+}  # fmt: skip
 _MUSE_COMMON = {
     **{k: v for k, v in _TOFU_COMMON.items() if k.startswith(("seed", "trainer.", "evaluation.every"))},
     "trainer.accumulate_grad_batches": 8, "trainer.limit_val_batches": 0, "model.init_args.learning_rate": 5e-5,

@@ -1,5 +1,6 @@
 """LightningDataModules and tokenisation for forget/retain unlearning data (TOFU, MUSE, custom files)."""
 
+from baldro_pl.datamodules.alternate import alternate_answer_choice, read_alternate_answers
 from baldro_pl.datamodules.base import UnlearningDataModule
 from baldro_pl.datamodules.collate import PadCollator, pad_samples
 from baldro_pl.datamodules.encoding import (
@@ -40,6 +41,7 @@ __all__ = [
     "RowFormat",
     "TOFUDataModule",
     "UnlearningDataModule",
+    "alternate_answer_choice",
     "chunk_corpus",
     "encode_completion",
     "encode_completion_rows",
@@ -51,6 +53,7 @@ __all__ = [
     "load_rows",
     "load_tofu_split",
     "pad_samples",
+    "read_alternate_answers",
     "read_records",
     "synthetic_texts",
     "write_synthetic_tofu",

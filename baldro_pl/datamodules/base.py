@@ -9,13 +9,18 @@ What the training module and the metric callbacks rely on (keep these names):
   :func:`pad_samples` (``input_ids``, ``attention_mask``, ``labels``, ``index``); pairing in :mod:`.pairing`;
 * :meth:`reference_dataloader`: every forget sample once (this process's strided shard under data parallelism),
   in row order, right padded, to cache the reference log-likelihoods before the first step (design.md §3.2);
+  ``reference_dataloader(alternate=True)``: the same rows with their alternative answers;
+* with alternative answers (``alternate_answers``, TOFU and JSON datamodules; :mod:`.alternate`): ``alternate_dataset``
+  (the forget rows' questions with one seeded "I don't know" answer each, ``index`` = forget row) and a second
+  encoded side in every training batch, ``batch["forget"]["alternate"]`` (same keys, same rows, same order);
+  without them the batches are exactly as before;
 * :meth:`val_dataloader` / :meth:`test_dataloader`: ``[forget, retain]`` evaluation loaders of plain padded batches
   (dataloader 0 = forget, 1 = retain), as the modules' ``validation_step`` expects;
 * :meth:`evaluation_rows`: raw rows of the benchmark's evaluation splits for the metric callbacks;
   ``benchmark``: ``"tofu"``, ``"muse"`` or ``"custom"``.
 
 Subclasses implement :meth:`_build_forget`, :meth:`_build_retain`, :meth:`_load_evaluation_rows` and optionally
-:meth:`_check_sources` and :meth:`_build_validation`.
+:meth:`_check_sources`, :meth:`_build_validation` and (for alternative answers) :meth:`_forget_qa_rows`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,12 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset, Subset
 from transformers import PreTrainedTokenizerBase
 
+from baldro_pl.datamodules.alternate import (
+    alternate_answer_choice,
+    alternate_fingerprint,
+    encode_alternate_rows,
+    read_alternate_answers,
+)
 from baldro_pl.datamodules.collate import PadCollator
 from baldro_pl.datamodules.encoder import RowEncoder
 from baldro_pl.datamodules.formatting import PromptFormat
@@ -139,6 +150,14 @@ class UnlearningDataModule(pl.LightningDataModule):
         self._evaluation_rows: dict[str, list[dict]] | None = None
         self._train_sampler: ForgetSampler | None = None
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) restored for the current fit
+        # alternative answers: the subclasses that support them set ``alternate_answers`` (a file) in __init__
+        self.alternate_answers: str | None = None
+        self.alternate_answer_key: str = "answer"
+        self.alternate_dataset: Dataset | None = None
+        self.alternate_choice: list[int] | None = None  # row i's answer is alternate_texts[alternate_choice[i]]
+        self.alternate_texts: list[str] | None = None
+        self._alternate_fingerprint: int | None = None
+        self._checkpoint_alternate_fingerprint: int | None = None
 
     # ------------------------------------------------------------------ hooks for subclasses
     @classmethod
@@ -160,6 +179,14 @@ class UnlearningDataModule(pl.LightningDataModule):
     def _load_evaluation_rows(self) -> dict[str, list[dict]]:
         """Raw rows of the evaluation splits (empty for sets without any)."""
         raise NotImplementedError
+
+    def _forget_qa_rows(self) -> tuple[list[dict], str, str]:
+        """``(rows, label, question_key)`` of the forget set's QA rows, for alternative answers.
+
+        Raises:
+            ValueError: this datamodule has no QA forget rows (the default).
+        """
+        raise ValueError(f"{type(self).__name__} does not support alternate_answers (it needs QA forget rows)")
 
     def _build_validation(self) -> list[Dataset]:
         """Datasets of the ``[forget, retain]`` evaluation loaders (default: the training sets)."""
@@ -198,11 +225,50 @@ class UnlearningDataModule(pl.LightningDataModule):
         self._ensure_tokenizer()
         if self.forget_dataset is None:
             self._check_sources()
+            if self.alternate_answers is not None:  # read (and checked) before any tokenisation
+                self.alternate_texts = read_alternate_answers(
+                    self.alternate_answers, answer_key=self.alternate_answer_key
+                )
             self.forget_dataset = _non_empty(self._build_forget(), "forget set")
+            if self.alternate_answers is not None:
+                self.alternate_dataset = self._build_alternate()
         if not self._retain_built:
             retain = self._build_retain()
             self.retain_dataset = None if retain is None else _non_empty(retain, "retain set")
             self._retain_built = True
+
+    def _build_alternate(self) -> Dataset:
+        """The forget rows' questions, each with its seeded alternative answer (:mod:`.alternate`)."""
+        rows, label, question_key = self._forget_qa_rows()
+        if len(rows) != len(self.forget_dataset):
+            raise DataError(
+                f"{label}: {len(rows)} forget rows but {len(self.forget_dataset)} forget samples; alternate_answers "
+                "needs one sample per forget row"
+            )
+        self.alternate_choice = alternate_answer_choice(len(rows), len(self.alternate_texts), self.seed)
+        chosen = [self.alternate_texts[k] for k in self.alternate_choice]
+        self._alternate_fingerprint = alternate_fingerprint(chosen)
+        self._check_alternate_fingerprint()
+        return encode_alternate_rows(
+            rows,
+            self.alternate_texts,
+            self.alternate_choice,
+            self.tokenizer,
+            self.prompt_format,
+            source=f"{label} (alternate answers from {self.alternate_answers})",
+            question_key=question_key,
+            max_length=self.max_length,
+        )
+
+    def _check_alternate_fingerprint(self) -> None:
+        """Raise if the resumed checkpoint was trained with other alternative answers than this run draws."""
+        saved, current = self._checkpoint_alternate_fingerprint, self._alternate_fingerprint
+        if saved is not None and current is not None and saved != current:
+            raise DataError(
+                f"{self.alternate_answers}: the alternative answers drawn for the forget rows differ from those of the "
+                "checkpoint being resumed (another alternate_answers file, seed or forget set); its cached reference "
+                "log-likelihoods of the alternate answers would not match. Resume with the same data and seed."
+            )
 
     # ------------------------------------------------------------------ distribution
     def data_parallel_rank(self) -> tuple[int, int]:
@@ -224,7 +290,12 @@ class UnlearningDataModule(pl.LightningDataModule):
         self._ensure_train_sets()
         per_forget = math.ceil(self.retain_batch_size / self.batch_size)
         return ForgetRetainDataset(
-            self.forget_dataset, self.retain_dataset, seed=self.seed, pairing=self.pairing, retain_per_forget=per_forget
+            self.forget_dataset,
+            self.retain_dataset,
+            seed=self.seed,
+            pairing=self.pairing,
+            retain_per_forget=per_forget,
+            alternate=self.alternate_dataset,
         )
 
     def train_sampler(self) -> ForgetSampler:
@@ -247,6 +318,10 @@ class UnlearningDataModule(pl.LightningDataModule):
     def state_dict(self) -> dict[str, int]:
         """Where training stands within its epoch (saved in every checkpoint by Lightning).
 
+        With alternative answers, also ``alternate_answers_fingerprint``, a digest of the answer each forget row got,
+        so that a resume with another file or seed fails instead of pairing the checkpoint's cached reference
+        log-likelihoods with other answers.
+
         This is the one mid-epoch resume mechanism: resuming from a checkpoint taken mid-epoch (for example the one
         written when SIGTERM stops a run) continues with the next batch of the same seeded order instead of replaying
         the epoch. Lightning's stateful-dataloader path cannot carry the position: it hands a loader its state only
@@ -255,9 +330,12 @@ class UnlearningDataModule(pl.LightningDataModule):
         restored in every path, before the loader is built or after it, and again when Lightning rebuilds the loader
         (``reload_dataloaders_every_n_epochs``); see :meth:`load_state_dict`.
         """
-        if self._train_sampler is None:
-            return {}
-        return {"train_epoch": int(self._train_sampler.epoch), "train_batches_done": self._batches_done()}
+        state = {}
+        if self._train_sampler is not None:
+            state = {"train_epoch": int(self._train_sampler.epoch), "train_batches_done": self._batches_done()}
+        if self._alternate_fingerprint is not None:
+            state["alternate_answers_fingerprint"] = self._alternate_fingerprint
+        return state
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Skip, in the resumed epoch, the batches the checkpointed run had already trained on.
@@ -265,7 +343,13 @@ class UnlearningDataModule(pl.LightningDataModule):
         The position holds for the rest of this fit: the sampler built already (when the loader was built before
         the checkpoint was restored) and every sampler built later skip those batches on their first pass if it is
         the resumed epoch (:meth:`ForgetSampler.resume_from`).
+
+        Raises:
+            DataError: the checkpoint's alternative answers differ from this run's (see :meth:`state_dict`).
         """
+        if "alternate_answers_fingerprint" in state:
+            self._checkpoint_alternate_fingerprint = int(state["alternate_answers_fingerprint"])
+            self._check_alternate_fingerprint()
         if "train_epoch" not in state:
             return
         self._resume_at = (int(state["train_epoch"]), int(state["train_batches_done"]))
@@ -306,16 +390,31 @@ class UnlearningDataModule(pl.LightningDataModule):
             return 0
         return int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
 
-    def reference_dataloader(self) -> DataLoader:
+    def reference_dataloader(self, *, alternate: bool = False) -> DataLoader:
         """Forget samples in row order, each exactly once overall, right padded, ``eval_batch_size`` per batch.
 
         Under data parallelism each process gets the rows ``rank::world_size`` (disjoint shards whose union is the
         forget set; the last shards may be one row shorter).
+
+        Args:
+            alternate: the same rows with their alternative answers (``alternate_dataset``; ``index`` = forget row),
+                to cache the reference log-likelihood of the alternate answers too (IdkDPO).
+
+        Raises:
+            ValueError: ``alternate`` without ``alternate_answers``.
         """
         self._ensure_train_sets()
+        dataset = self.forget_dataset
+        if alternate:
+            if self.alternate_dataset is None:
+                raise ValueError(
+                    f"{type(self).__name__}: reference_dataloader(alternate=True) needs alternative answers; set "
+                    "data.alternate_answers (e.g. the idontknow.jsonl of TOFU)"
+                )
+            dataset = self.alternate_dataset
         rank, world = self.data_parallel_rank()
-        rows = list(range(len(self.forget_dataset)))[rank::world]
-        return self._plain_loader(Subset(self.forget_dataset, rows))
+        rows = list(range(len(dataset)))[rank::world]
+        return self._plain_loader(Subset(dataset, rows))
 
     def val_dataloader(self) -> list[DataLoader]:
         """``[forget, retain]`` loaders of plain right-padded batches (no retain loader when there is no retain)."""

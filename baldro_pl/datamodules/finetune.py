@@ -50,6 +50,8 @@ class FinetuneDataModule(JsonDataModule):
         **kwargs,
     ) -> None:
         super().__init__(forget=train, forget_config=train_config, forget_split=train_split, **kwargs)
+        if self.alternate_answers is not None:
+            raise ValueError("FinetuneDataModule does not take alternate_answers (an unlearning setting)")
         self.train = train
         self.train_config = train_config
         self.train_split = train_split

@@ -31,6 +31,10 @@ class JsonDataModule(UnlearningDataModule):
         row_format: how rows become samples: the mode and the field names (default: QA rows with ``question``
             and ``answer``); rows that are bare strings are read as its ``text_key`` field.
         evaluation: extra evaluation sets, name → local file, returned raw by :meth:`evaluation_rows`.
+        alternate_answers: a file of alternative ("I don't know") answers, one per line, for IdkNLL and IdkDPO (QA
+            rows only; see :class:`~baldro_pl.datamodules.TOFUDataModule`): each forget row gets one, drawn from
+            ``seed`` and fixed for the run, carried as ``batch["forget"]["alternate"]``. None (default): none.
+        alternate_answer_key: field read from lines of ``alternate_answers`` that are JSON objects.
         **kwargs: the :class:`UnlearningDataModule` arguments (``tokenizer``, ``prompt_format``, ``max_length``, ...).
     """
 
@@ -47,11 +51,20 @@ class JsonDataModule(UnlearningDataModule):
         retain_split: str = "train",
         row_format: RowFormat = DEFAULT_ROW_FORMAT,
         evaluation: dict[str, str] | None = None,
+        alternate_answers: str | None = None,
+        alternate_answer_key: str = "answer",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         if not isinstance(row_format, RowFormat):
             raise ValueError(f"row_format must be a RowFormat, got {type(row_format).__name__}")
+        if alternate_answers is not None and row_format.mode != "qa":
+            raise ValueError(
+                f"alternate_answers needs row_format.mode 'qa' (an alternative answer replaces a QA row's answer), "
+                f"got {row_format.mode!r}"
+            )
+        self.alternate_answers = alternate_answers
+        self.alternate_answer_key = alternate_answer_key
         self.forget = forget
         self.retain = retain
         self.forget_config = forget_config
@@ -94,6 +107,10 @@ class JsonDataModule(UnlearningDataModule):
         if self.retain is None:
             return None
         return self._encode(self.retain, self.retain_config, self.retain_split)
+
+    def _forget_qa_rows(self) -> tuple[list[dict], str, str]:
+        rows, label = self._read(self.forget, self.forget_config, self.forget_split)
+        return rows, label, self.row_format.question_key
 
     def _load_evaluation_rows(self) -> dict[str, list[dict]]:
         return {name: self._read(path)[0] for name, path in self.evaluation.items()}

@@ -16,6 +16,9 @@ using the global torch RNG inside ``__getitem__``, so its draws depend on worker
   ``pairing="random"`` draws uniformly with replacement (the reference behaviour); ``pairing="cycle"`` walks
   seeded permutations of the retain set one after another, so every retain sample is visited once per
   ``ceil(len(retain) / len(forget))`` epochs.
+* **Alternative answers** (IdkNLL, IdkDPO; :mod:`.alternate`): with an ``alternate`` set aligned with the forget set,
+  each item also carries its row's alternate sample and :class:`ForgetRetainCollator` pads them into
+  ``batch["forget"]["alternate"]`` (same rows, same order as the forget side). Without it nothing changes.
 * **Retain batch size** may differ from the forget batch size: each forget item carries
   ``ceil(retain_batch_size / batch_size)`` retain draws and :class:`ForgetRetainCollator` keeps as many as the
   batch needs (all of the first draw, then the second...). With equal sizes this is exactly one per forget sample.
@@ -144,7 +147,8 @@ class ForgetRetainDataset(Dataset):
     """Forget samples, each with its seeded retain draws, keyed by ``(forget_index, epoch)``.
 
     Item: ``{"forget": EncodedSample, "retain": [EncodedSample, ...]}`` (``retain_per_forget`` retain samples,
-    an empty list without a retain set). A plain integer key means epoch 0.
+    an empty list without a retain set), plus ``"alternate": EncodedSample`` (the same row with its alternative
+    answer) when ``alternate`` is given. A plain integer key means epoch 0.
 
     Args:
         forget: forget samples.
@@ -153,6 +157,11 @@ class ForgetRetainDataset(Dataset):
         pairing: ``"random"`` (uniform with replacement, open-unlearning's behaviour) or ``"cycle"`` (seeded
             permutations of the retain set, one after another).
         retain_per_forget: retain draws carried by each forget item.
+        alternate: samples aligned with ``forget`` (item ``i`` is forget row ``i`` with its alternative answer), or
+            None.
+
+    Raises:
+        ValueError: an unknown ``pairing``, an empty retain set, or an ``alternate`` set of another length.
     """
 
     def __init__(
@@ -163,11 +172,18 @@ class ForgetRetainDataset(Dataset):
         seed: int = 0,
         pairing: Pairing = "random",
         retain_per_forget: int = 1,
+        alternate: Dataset | None = None,
     ) -> None:
         if pairing not in ("random", "cycle"):
             raise ValueError(f"pairing must be 'random' or 'cycle', got {pairing!r}")
         if retain is not None and len(retain) == 0:
             raise ValueError("ForgetRetainDataset: the retain set is empty")
+        if alternate is not None and len(alternate) != len(forget):
+            raise ValueError(
+                f"ForgetRetainDataset: the alternate set has {len(alternate)} samples; expected one per forget sample "
+                f"({len(forget)})"
+            )
+        self.alternate = alternate
         self.forget = forget
         self.retain = retain
         self.seed = seed
@@ -200,7 +216,10 @@ class ForgetRetainDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, EncodedSample | list[EncodedSample]]:
         forget_index, epoch = (key, 0) if isinstance(key, int) else key
         retain = [self.retain[j] for j in self.retain_indices(forget_index, epoch)] if self.retain is not None else []
-        return {"forget": self.forget[forget_index], "retain": retain}
+        item = {"forget": self.forget[forget_index], "retain": retain}
+        if self.alternate is not None:
+            item["alternate"] = self.alternate[forget_index]
+        return item
 
 
 class ForgetRetainCollator:
@@ -208,7 +227,7 @@ class ForgetRetainCollator:
 
     The retain side holds ``ceil(n * retain_batch_size / batch_size)`` samples for ``n`` forget samples (so
     ``retain_batch_size`` for a full batch), taken round-robin over the items' draws. Without retain draws the
-    batch has only the ``"forget"`` side.
+    batch has only the ``"forget"`` side. Items with an ``"alternate"`` sample add ``batch["forget"]["alternate"]``.
     """
 
     def __init__(self, pad_token_id: int, batch_size: int, retain_batch_size: int | None = None) -> None:
@@ -219,6 +238,8 @@ class ForgetRetainCollator:
     def __call__(self, items: Sequence[dict]) -> dict[str, dict[str, Tensor]]:
         """One ``{"forget": batch, "retain": batch}`` from the items of :class:`ForgetRetainDataset`."""
         batch = {"forget": pad_samples([it["forget"] for it in items], self.pad_token_id, side="right")}
+        if items and "alternate" in items[0]:
+            batch["forget"]["alternate"] = pad_samples([it["alternate"] for it in items], self.pad_token_id)
         if items and items[0]["retain"]:
             want = max(1, math.ceil(len(items) * self.retain_batch_size / self.batch_size))
             depth = len(items[0]["retain"])

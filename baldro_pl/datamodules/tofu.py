@@ -108,6 +108,11 @@ class TOFUDataModule(UnlearningDataModule):
         question_key: question field of the training rows (``paraphrased_question`` is possible on the
             ``*_perturbed`` splits only).
         answer_key: answer field of the training rows.
+        alternate_answers: a file of alternative ("I don't know") answers (e.g. ``<tofu dir>/idontknow.jsonl``, one
+            per line; :func:`~baldro_pl.datamodules.alternate.read_alternate_answers`) for IdkNLL and IdkDPO: each
+            forget row gets one, drawn from ``seed`` and fixed for the run, and training batches carry it as
+            ``batch["forget"]["alternate"]``. None (default): no alternate side.
+        alternate_answer_key: field read from lines of ``alternate_answers`` that are JSON objects.
         **kwargs: the :class:`UnlearningDataModule` arguments (``tokenizer``, ``prompt_format``, ``max_length``,
             ``batch_size``, ...).
 
@@ -126,9 +131,13 @@ class TOFUDataModule(UnlearningDataModule):
         holdout_split: Literal["holdout01", "holdout05", "holdout10"] | None = None,
         question_key: str = "question",
         answer_key: str = "answer",
+        alternate_answers: str | None = None,
+        alternate_answer_key: str = "answer",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        self.alternate_answers = alternate_answers
+        self.alternate_answer_key = alternate_answer_key
         if forget_split not in FORGET_SPLITS:
             raise ValueError(f"TOFU forget_split {forget_split!r} is unknown; valid: {', '.join(FORGET_SPLITS)}")
         if retain_split is not None and retain_split not in RETAIN_SPLITS:
@@ -182,6 +191,10 @@ class TOFUDataModule(UnlearningDataModule):
 
     def _build_retain(self) -> Dataset:
         return self._encode_split(self.retain_split)
+
+    def _forget_qa_rows(self) -> tuple[list[dict], str, str]:
+        rows, label = load_tofu_split(self.data_dir, self.forget_split)
+        return rows, label, self.question_key
 
     def _load_evaluation_rows(self) -> dict[str, list[dict]]:
         out = {}

@@ -3,14 +3,16 @@
 One training step (design.md §2, "data flows one way")::
 
     batch {"forget": {...}, "retain": {...}}
-      -> one forward pass on the forget side -> target log-probs (fp32)
+      -> one forward pass on the forget side -> logits -> target log-probs (fp32)
+      -> (UNDIAL: the frozen reference model's forget logits, without gradient)
       -> (BalDRO-G: the retain rows the objective keeps) -> one forward pass on the retain side
-      -> UnlearningObjective(log-probs, cached reference NLL, retain logits) -> loss, weights, average NLL
+      -> UnlearningObjective(log-probs, forget logits, cached reference NLL, retain logits) -> loss, weights, avg NLL
 
-The module asks the :class:`~baldro_pl.objectives.UnlearningObjective` what a step needs (reference NLL, reference
-model, all retain positions, retain rows) and never looks inside its parts. The reference NLL of every forget sample is
-computed once, before the first step, from the initial weights (:class:`~baldro_pl.modules.reference.ReferenceCache`);
-a frozen reference model is built only when the retain loss needs its logits (KL).
+The module asks the :class:`~baldro_pl.objectives.UnlearningObjective` what a step needs (reference NLL, forget logits,
+reference model, all forget or retain positions, retain rows) and never looks inside its parts. The reference NLL of
+every forget sample is computed once, before the first step, from the initial weights
+(:class:`~baldro_pl.modules.reference.ReferenceCache`); a frozen reference model is built only when a loss needs its
+logits (the KL retain loss, UNDIAL's teacher).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from baldro_pl.strategies import prepare_direct_calls
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "baldro_pl_reference_cache"
+ALTERNATE_CHECKPOINT_KEY = "baldro_pl_reference_cache_alternate"
 
 
 class UnlearningModule(CausalLMModule):
@@ -46,7 +49,8 @@ class UnlearningModule(CausalLMModule):
     Args:
         model: hub name, local directory, ``pkg:<package>`` or a built ``PreTrainedModel`` (see
             :class:`~baldro_pl.modules.base.CausalLMModule` for the loading and optimiser arguments).
-        forget_loss: base forget loss: ``NPO``, ``SimNPO``, ``SatImp``, ``GradAscent`` or ``WGA``.
+        forget_loss: base forget loss: ``NPO``, ``SimNPO``, ``SatImp``, ``GradAscent``, ``WGA``, ``CEU`` or
+            ``UNDIAL``.
         aggregator: ``Mean`` (default; the published base method), ``BalDRODV`` or ``BalDROG``.
         retain_loss: ``NLL`` (None means NLL) or ``KL``. Set ``alpha: 0`` for no retain term (plain gradient ascent).
             The three objects may also be given as ``{"class_path": ..., "init_args": {...}}`` mappings, the form in
@@ -80,6 +84,7 @@ class UnlearningModule(CausalLMModule):
         self.objective = UnlearningObjective(forget_loss, aggregator, retain_loss, gamma=gamma, alpha=alpha)
         self.track_forgetting = track_forgetting
         self.reference_cache = ReferenceCache()
+        self.reference_cache_alternate = ReferenceCache()  # IdkDPO: the alternative answers' reference NLL
         self.reference_model: PreTrainedModel | None = None
         self.strict_loading = False  # the frozen reference model is rebuilt from its source, not checkpointed
         # save_hyperparameters records the current values of the arguments: make the three objects plain
@@ -104,11 +109,11 @@ class UnlearningModule(CausalLMModule):
 
     @property
     def needs_reference_model(self) -> bool:
-        """Whether a live frozen copy of the initial model is kept (only for the KL retain loss)."""
+        """Whether a live frozen copy of the initial model is kept (only for the KL retain loss and UNDIAL)."""
         return self.objective.needs_reference_model
 
     def configure_model(self) -> None:
-        """Build the model and, for the KL retain loss only, a frozen reference copy (frozen before any wrapping)."""
+        """Build the model and, for the KL retain loss and UNDIAL only, a frozen reference copy (before wrapping)."""
         initial_copy = self.model is None and self.needs_reference_model
         super().configure_model()
         if self.needs_reference_model and self.reference_model is None:
@@ -136,6 +141,9 @@ class UnlearningModule(CausalLMModule):
         Only the loss's need is served after the first step: a run resumed without a cache (its first part had no
         logger) cannot score the initial weights any more, so it logs no forgetting spread instead.
         """
+        self._check_alternate_answers()
+        if self.objective.needs_reference_alternate_nll and self.reference_cache_alternate.is_empty:
+            self.build_reference_cache(alternate=True)
         if not (self.needs_reference_cache and self.reference_cache.is_empty):
             return
         if self.objective.needs_reference_nll or self.global_step == 0:
@@ -143,8 +151,23 @@ class UnlearningModule(CausalLMModule):
         else:
             log.warning("track_forgetting: the checkpoint holds no reference NLL, so no forgetting spread is logged")
 
-    def build_reference_cache(self) -> None:
-        """Score the forget set once (sharded across processes, then gathered so every process holds all of it)."""
+    def _check_alternate_answers(self) -> None:
+        """Refuse, before the first step, a forget loss that needs alternative answers the datamodule does not give."""
+        if not self.objective.needs_alternate:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if getattr(datamodule, "alternate_answers", None) is None:
+            name = type(self.objective.parts()[0]).__name__
+            raise ValueError(
+                f"data.alternate_answers: {name} needs an alternative answer per forget row; set it to a file of "
+                '"I don\'t know" answers (for TOFU: ../shared/data/tofu/idontknow.jsonl)'
+            )
+
+    def build_reference_cache(self, alternate: bool = False) -> None:
+        """Score the forget set once (sharded across processes, then gathered so every process holds all of it).
+
+        With ``alternate``, the forget rows' alternative answers go into :attr:`reference_cache_alternate` (IdkDPO).
+        """
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "reference_dataloader"):
             user = (
@@ -155,14 +178,23 @@ class UnlearningModule(CausalLMModule):
                 "datamodule must provide reference_dataloader() (every UnlearningDataModule does)"
             )
         prepare_direct_calls(self.trainer.strategy.model)
-        self.reference_cache.build(
-            self.model, datamodule.reference_dataloader(), self.device, all_gather=self.all_gather
-        )
-        log.info("reference NLL cached for %d forget samples", len(self.reference_cache))
+        if alternate:
+            if self.global_step > 0:
+                raise ValueError(
+                    "IdkDPO: the checkpoint holds no reference NLL of the alternative answers, and the initial weights "
+                    "are gone; resume from a checkpoint written by this version"
+                )
+            cache, loader = self.reference_cache_alternate, datamodule.reference_dataloader(alternate=True)
+        else:
+            cache, loader = self.reference_cache, datamodule.reference_dataloader()
+        cache.build(self.model, loader, self.device, all_gather=self.all_gather)
+        log.info("reference NLL cached for %d forget samples%s", len(cache), " (alternative answers)" * alternate)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the reference cache; leave the frozen reference model out of the checkpoint."""
         checkpoint[CHECKPOINT_KEY] = self.reference_cache.state_dict()
+        if not self.reference_cache_alternate.is_empty:
+            checkpoint[ALTERNATE_CHECKPOINT_KEY] = self.reference_cache_alternate.state_dict()
         state = checkpoint.get("state_dict")
         if state is not None:
             for key in [k for k in state if k.startswith("reference_model.")]:
@@ -172,11 +204,28 @@ class UnlearningModule(CausalLMModule):
         """Restore the reference cache computed before the interrupted run's first step."""
         if CHECKPOINT_KEY in checkpoint:
             self.reference_cache.load_state_dict(checkpoint[CHECKPOINT_KEY])
+        if ALTERNATE_CHECKPOINT_KEY in checkpoint:
+            self.reference_cache_alternate.load_state_dict(checkpoint[ALTERNATE_CHECKPOINT_KEY])
 
     # ------------------------------------------------------------------ training
     def forget_logprobs(self, forget: dict[str, Tensor]) -> TokenLogProbs:
         """Target log-probs of the forget batch (one forward pass, fp32 log-softmax)."""
         return token_logprobs(self.batch_logits(self.model, forget), forget["labels"])
+
+    def forget_logits(self, forget: dict[str, Tensor]) -> tuple[TokenLogProbs, Tensor, Tensor | None]:
+        """One forward pass on the forget batch: ``(target log-probs, logits, reference model's logits or None)``.
+
+        The logits cover every position when the forget loss asks for it (UNDIAL "reference"); the frozen reference
+        model runs without gradient, only when the forget loss needs its logits (UNDIAL).
+        """
+        objective = self.objective
+        all_positions = objective.needs_all_forget_positions
+        logits = self.batch_logits(self.model, forget, all_positions=all_positions)
+        reference_logits = None
+        if objective.needs_reference_forget_logits:
+            with torch.no_grad():
+                reference_logits = self.batch_logits(self.reference_model, forget, all_positions=all_positions)
+        return token_logprobs(logits, forget["labels"]), logits, reference_logits
 
     def compute_step(self, batch: dict[str, dict[str, Tensor]]) -> tuple[ObjectiveOutput, TokenLogProbs]:
         """The objective on one batch: one forward pass per side. Returns ``(ObjectiveOutput, forget log-probs)``.
@@ -186,8 +235,21 @@ class UnlearningModule(CausalLMModule):
         """
         objective = self.objective
         forget = batch["forget"]
-        forget_lp = self.forget_logprobs(forget)
+        forget_logits = reference_forget_logits = None
+        if objective.needs_forget_logits:
+            forget_lp, forget_logits, reference_forget_logits = self.forget_logits(forget)
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and objective.needs_forget_grad):
+                forget_lp = self.forget_logprobs(forget)
         reference_nll = self.reference_cache.lookup(forget["index"]) if objective.needs_reference_nll else None
+        alternate_lp = reference_alternate_nll = None
+        if objective.needs_alternate:
+            alternate = forget.get("alternate")
+            if alternate is None:
+                raise ValueError("the forget loss needs batch['forget']['alternate']: set data.alternate_answers")
+            alternate_lp = self.forget_logprobs(alternate)
+            if objective.needs_reference_alternate_nll:
+                reference_alternate_nll = self.reference_cache_alternate.lookup(alternate["index"])
         retain_logits = retain_labels = reference_logits = None
         if objective.uses_retain:
             retain = batch.get("retain")
@@ -202,21 +264,27 @@ class UnlearningModule(CausalLMModule):
             all_positions = objective.needs_all_retain_positions
             retain_logits = self.batch_logits(self.model, retain, all_positions=all_positions)
             retain_labels = retain["labels"]
-            if self.reference_model is not None:
+            if objective.needs_reference_retain_logits:
                 with torch.no_grad():
                     reference_logits = self.batch_logits(self.reference_model, retain, all_positions=all_positions)
         out = objective(
             forget_lp,
             reference_nll=reference_nll,
+            forget_logits=forget_logits,
+            forget_labels=forget["labels"] if forget_logits is not None else None,
+            reference_forget_logits=reference_forget_logits,
             retain_logits=retain_logits,
             retain_labels=retain_labels,
             reference_retain_logits=reference_logits,
+            alternate=alternate_lp,
+            reference_alternate_nll=reference_alternate_nll,
         )
         return out, forget_lp
 
     def on_train_epoch_end(self) -> None:
         """Raise if a step of this epoch looked up a forget index the reference cache lacks (one device sync)."""
         self.reference_cache.verify()
+        self.reference_cache_alternate.verify()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Keep the frozen reference model in eval mode (Lightning puts every submodule in train mode)."""

@@ -7,7 +7,14 @@ reference code's nine trainer classes (NPO/SimNPO/SatImp x none/G/DV) are nine c
 import torch
 
 from baldro_pl.objectives.aggregators import BalDRODV, BalDROG, Mean, dv_aggregate
-from baldro_pl.objectives.base import Aggregated, Aggregator, ForgetLoss, ForgetLosses, RetainLoss
+from baldro_pl.objectives.base import (
+    Aggregated,
+    Aggregator,
+    ForgetLoss,
+    ForgetLosses,
+    LogitForgetLoss,
+    RetainLoss,
+)
 from baldro_pl.objectives.forget import (
     NPO,
     WGA,
@@ -19,18 +26,25 @@ from baldro_pl.objectives.forget import (
     simnpo_loss,
     wga_token_loss,
 )
+from baldro_pl.objectives.logit_losses import CEU, UNDIAL, ceu_token_loss, undial_token_loss
 from baldro_pl.objectives.logprobs import TokenLogProbs, token_logprobs
 from baldro_pl.objectives.objective import ObjectiveOutput, UnlearningObjective
+from baldro_pl.objectives.preference import AlternateForgetLoss, IdkDPO, IdkNLL, dpo_loss
 from baldro_pl.objectives.retain import KL, NLL, kl_retain_loss, nll_retain_loss
 
 # Modules save these objects in their hyperparameters; let torch.load(weights_only=True) restore them from checkpoints.
-torch.serialization.add_safe_globals([GradAscent, NPO, SimNPO, SatImp, WGA, NLL, KL, Mean, BalDRODV, BalDROG])
+torch.serialization.add_safe_globals(
+    [GradAscent, NPO, SimNPO, SatImp, WGA, CEU, UNDIAL, IdkNLL, IdkDPO, NLL, KL, Mean, BalDRODV, BalDROG]
+)
 
 __all__ = [
+    "CEU",
     "KL",
     "NLL",
     "NPO",
+    "UNDIAL",
     "WGA",
+    "AlternateForgetLoss",
     "Aggregated",
     "Aggregator",
     "BalDRODV",
@@ -38,6 +52,9 @@ __all__ = [
     "ForgetLoss",
     "ForgetLosses",
     "GradAscent",
+    "IdkDPO",
+    "IdkNLL",
+    "LogitForgetLoss",
     "Mean",
     "ObjectiveOutput",
     "RetainLoss",
@@ -45,6 +62,8 @@ __all__ = [
     "SimNPO",
     "TokenLogProbs",
     "UnlearningObjective",
+    "ceu_token_loss",
+    "dpo_loss",
     "dv_aggregate",
     "kl_retain_loss",
     "nll_retain_loss",
@@ -52,5 +71,6 @@ __all__ = [
     "satimp_token_loss",
     "simnpo_loss",
     "token_logprobs",
+    "undial_token_loss",
     "wga_token_loss",
 ]

@@ -12,18 +12,63 @@ over distributions near the empirical one, ``sup_{Q: KL(Q||P) <= eta} E_Q[l]``:
   see :class:`BalDRODV`); ``score="nll"`` weighs by the per-token NLL instead, the same for every base loss;
 * :class:`BalDROG` is its discrete GroupDRO approximation: the mean over the ``k = max(1, floor(rho n))`` samples
   that are still best remembered (lowest per-token NLL).
+
+Under data parallelism both take ``scope``: ``"global"`` (default) weighs or selects over the micro-batch of every
+process together (``n = devices x batch_size``), ``"device"`` over each process's own micro-batch. Why ``"global"`` is
+the default: :class:`BalDRODV`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
+from baldro_pl.distributed import gather_rows_with_grad, rank_world
 from baldro_pl.objectives.base import Aggregated, Aggregator, ForgetLosses
+
+Scope = Literal["device", "global"]
+"""Which samples a DRO aggregator weighs together: each process's micro-batch, or the micro-batch of all processes."""
+
+
+def check_scope(owner: str, scope: object) -> None:
+    """Raise the one-line error of a bad ``scope`` setting of ``owner`` (an aggregator name)."""
+    if scope not in ("device", "global"):
+        raise ValueError(f"{owner}: scope must be 'device' or 'global', got {scope!r}")
+
+
+class GlobalBatch(NamedTuple):
+    """The per-sample quantities of the global micro-batch (every process's rows, in rank order).
+
+    Attributes:
+        per_sample: ``[N]`` base losses, differentiable (:func:`~baldro_pl.distributed.gather_rows_with_grad`).
+        hardness: ``[N]`` detached ``-avg NLL``.
+        n_tokens: ``[N]`` detached number of target tokens.
+        local: this process's rows in them.
+    """
+
+    per_sample: Tensor
+    hardness: Tensor
+    n_tokens: Tensor
+    local: slice
+
+
+def gather_global(losses: ForgetLosses) -> GlobalBatch | None:
+    """The global micro-batch of ``losses``, or None in one process (``scope="global"`` is then ``"device"``).
+
+    One differentiable gather of the ``[B, 3]`` columns (loss, hardness, token count): only the loss carries a
+    gradient, which flows back to the process that computed it (see :func:`gather_rows_with_grad` for why every
+    process back-propagating the same global loss gives DDP the single-process gradient).
+    """
+    if rank_world()[1] == 1:
+        return None
+    dtype = torch.promote_types(losses.per_sample.dtype, torch.float32)
+    columns = torch.stack([losses.per_sample, losses.hardness.detach(), losses.n_tokens.detach()], dim=1).to(dtype)
+    rows, local = gather_rows_with_grad(columns)
+    return GlobalBatch(rows[:, 0], rows[:, 1].detach(), rows[:, 2].detach(), local)
 
 
 def reduction_weights(losses: ForgetLosses, keep: Tensor | None = None) -> Tensor:
@@ -150,6 +195,24 @@ class BalDRODV(Aggregator):
             ``"nll"`` (the detached per-sample hardness ``-avg NLL``, so that ``"hard"`` means "still remembered"
             for every base loss). ``score="nll"`` needs ``unit="sample"``: the weights rank samples by their average
             NLL, and a sample without target tokens gets weight 0 (unless every sample of the batch is empty).
+        scope: the set the weights are a softmax over under data parallelism. ``"global"`` (default): the
+            micro-batch of every process together, ``N = devices x batch_size`` samples (gathered with their
+            gradient, :func:`gather_global`); every process computes the same loss over them and back-propagates it,
+            which gives each process the gradient of its own samples' share, so that after DDP's (or FSDP's)
+            gradient average, 2 processes x 4 samples give the loss and the update of 1 process x 8 samples.
+            ``"device"``: each process's own micro-batch (what every version before this option did). In one
+            process (no process group, or world size 1) the two are the same. With gradient accumulation the set is
+            the micro-batch of all processes at one accumulation step, never several steps together. The returned
+            ``weights`` are then those of the global micro-batch (``[N]``, rank order, sum 1), so that the logged
+            effective sample size is the global one.
+
+    Why ``"global"`` is the default: the objective then depends only on the global micro-batch, not on how it is split
+    over devices, so a preset means the same method on 1, 2 or 8 GPUs. ``"device"`` silently changes the method with
+    the hardware: a 7B model under FSDP often fits only 1 or 2 samples per device, and over 1 sample the DV weight is
+    1 (plain ERM); over 2 samples BalDRO-G's ``k = floor(0.5 x 2) = 1`` is a hard max. To keep the reference's DRO set
+    of 8 on 4 GPUs, run ``batch_size`` 2 (``4 x 2 = 8``) and keep the accumulation. The cost is a gather of the
+    lengths and one of 3 floats per sample forward, and an all-reduce of those 3 floats per sample backward
+    (``unit="token"`` adds one float per target token each way; ``docs/presets.md``, "Scope of the DRO set").
 
     Two samples with losses ``0`` and ``log 3`` at ``tau = 1``: the loss is ``log(1 + 3) - log 2 = log 2`` and the
     weights are ``softmax(0, log 3) = (1/4, 3/4)``.
@@ -174,6 +237,7 @@ class BalDRODV(Aggregator):
         emphasis: Literal["hard", "easy"] = "hard",
         unit: Literal["sample", "token"] = "sample",
         score: Literal["loss", "nll"] = "loss",
+        scope: Scope = "global",
     ) -> None:
         if not (isinstance(temperature, int | float) and temperature > 0 and math.isfinite(temperature)):
             raise ValueError(f"BalDRODV: temperature must be a finite number > 0, got {temperature!r}")
@@ -187,10 +251,12 @@ class BalDRODV(Aggregator):
             raise ValueError(
                 f"BalDRODV: score='nll' weighs samples by their average NLL and needs unit='sample', got unit={unit!r}"
             )
+        check_scope("BalDRODV", scope)
         self.temperature = float(temperature)
         self.emphasis = emphasis
         self.unit = unit
         self.score = score
+        self.scope = scope
 
     def __call__(self, losses: ForgetLosses) -> Aggregated:
         """The DV aggregate of the batch and its gradient weights (per sample, or summed per sample for tokens).
@@ -199,6 +265,8 @@ class BalDRODV(Aggregator):
             ValueError: ``unit="token"`` with a sample-level forget loss.
         """
         sign = 1.0 if self.emphasis == "hard" else -1.0
+        if self.scope == "global" and (batch := gather_global(losses)) is not None:
+            return self._global(losses, batch, sign)
         if self.score == "nll":
             return self._nll_weighted(losses, sign)
         if self.unit == "sample":
@@ -222,8 +290,39 @@ class BalDRODV(Aggregator):
         weights = torch.softmax(logits, dim=0)
         return Aggregated((weights * losses.per_sample.float()).sum(), weights)
 
+    def _global(self, losses: ForgetLosses, batch: GlobalBatch, sign: float) -> Aggregated:
+        """``scope="global"`` under a process group: the same three forms over the gathered micro-batch."""
+        tau = self.temperature
+        if self.score == "nll":
+            logits = sign * batch.hardness / tau
+            empty = batch.n_tokens == 0
+            weights = torch.softmax(logits.masked_fill(empty & ~empty.all(), -math.inf), dim=0)
+            return Aggregated((weights * batch.per_sample).sum().float(), weights.float())
+        if self.unit == "sample":
+            loss = dv_aggregate(batch.per_sample, tau, self.emphasis)
+            return Aggregated(loss, torch.softmax(sign * batch.per_sample.detach().float() / tau, dim=0))
+        if losses.per_token is None:
+            raise ValueError("BalDRODV(unit='token') needs a token-level forget loss (SatImp, WGA, GradAscent)")
+        # every target token of every process: this process's tokens in row-major order, then gathered in rank order,
+        # so that token t belongs to sample repeat_interleave(arange(N), n_tokens)[t]
+        tokens, _ = gather_rows_with_grad(losses.per_token[losses.mask])
+        loss = dv_aggregate(tokens, tau, self.emphasis)
+        token_weights = torch.softmax(sign * tokens.detach().float() / tau, dim=0)
+        samples = torch.arange(batch.n_tokens.numel(), device=tokens.device)
+        owner = torch.repeat_interleave(samples, batch.n_tokens.long())
+        weights = token_weights.new_zeros(batch.n_tokens.shape).index_add_(0, owner, token_weights)
+        return Aggregated(loss, weights)
+
+    def __repr__(self) -> str:
+        scope = "" if self.scope == "global" else f", scope={self.scope!r}"  # shown when not the default
+        return (
+            f"BalDRODV(temperature={self.temperature!r}, emphasis={self.emphasis!r}, unit={self.unit!r}, "
+            f"score={self.score!r}{scope})"
+        )
+
     def __setstate__(self, state: dict) -> None:
         state.setdefault("score", "loss")  # pickled (checkpointed) before score existed
+        state.setdefault("scope", "device")  # pickled before scope existed: aggregated per process
         self.__dict__.update(state)
 
 
@@ -241,6 +340,17 @@ class BalDROG(Aggregator):
             draws of optimiser step ``s`` come from a generator seeded by ``(seed, s)`` (and the draw's number within
             the step, for gradient accumulation), so a run resumed from a checkpoint draws what the uninterrupted run
             drew.
+        scope: ``"global"`` (default) selects the ``k = max(1, floor(ratio * N))`` hardest samples of the micro-batch
+            of all ``W`` processes together (``N = W x B``, every process with the same ``B``), ``"device"`` the ``k``
+            hardest of each process's own ``B``; the same in one process. Why ``"global"`` is the default, and how the
+            loss and gradient are shared between processes: :class:`BalDRODV`. The kept samples of a token-level
+            loss are averaged over all their tokens, wherever they are. Retain rows (:meth:`retain_rows`): the
+            reference keeps ``k`` random retain rows, drawn independently of which forget samples were kept; under
+            ``"global"`` the ``k`` of the global micro-batch are split as evenly as possible over the processes
+            (process ``r`` keeps ``k // W + (r < k % W)`` random rows of its own, at least one), so that DDP's
+            average of the per-process retain losses is the mean over ``k`` retain rows (exactly so when ``W``
+            divides ``k`` and the retain loss is a sample mean). The rows are random either way; their number does
+            not follow where the kept forget samples are.
 
     >>> from baldro_pl.objectives import ForgetLosses
     >>> losses = ForgetLosses(
@@ -255,12 +365,16 @@ class BalDROG(Aggregator):
     (2.0, [0.5, 0.0, 0.5, 0.0])
     """
 
-    def __init__(self, *, ratio: float = 0.5, subsample_retain: bool = True, seed: int | None = None) -> None:
+    def __init__(
+        self, *, ratio: float = 0.5, subsample_retain: bool = True, seed: int | None = None, scope: Scope = "global"
+    ) -> None:
         if not (isinstance(ratio, int | float) and 0 < ratio <= 1):
             raise ValueError(f"BalDROG: ratio must be in (0, 1], got {ratio!r}")
+        check_scope("BalDROG", scope)
         self.ratio = float(ratio)
         self.subsample_retain = subsample_retain
         self.seed = seed
+        self.scope = scope
         self._draw_step: int | None = None  # the step of the last seeded draw and the number of draws made in it
         self._draws = 0
 
@@ -270,6 +384,8 @@ class BalDROG(Aggregator):
 
     def __call__(self, losses: ForgetLosses) -> Aggregated:
         """The mean of the base loss over the ``k`` samples of highest hardness (lowest average NLL)."""
+        if self.scope == "global" and (batch := gather_global(losses)) is not None:
+            return self._global(losses, batch)
         k = self.group_size(losses.per_sample.shape[0])
         top = torch.topk(losses.hardness, k=k, largest=True, sorted=False).indices
         keep = torch.zeros_like(losses.per_sample, dtype=torch.bool)
@@ -281,20 +397,55 @@ class BalDROG(Aggregator):
             loss = losses.per_sample[keep].mean()
         return Aggregated(loss, weights)
 
+    def _global(self, losses: ForgetLosses, batch: GlobalBatch) -> Aggregated:
+        """``scope="global"`` under a process group: the ``k`` hardest of the gathered micro-batch.
+
+        A token-level loss is the token mean over the kept samples, ``sum_kept l_i n_i / sum_kept n_i`` (``l_i`` is
+        the sample's token mean, so ``l_i n_i`` is its token sum).
+        """
+        k = self.group_size(batch.per_sample.shape[0])
+        top = torch.topk(batch.hardness, k=k, largest=True, sorted=False).indices
+        keep = torch.zeros_like(batch.hardness, dtype=torch.bool)
+        keep[top] = True
+        if losses.reduction == "token":
+            mass = batch.n_tokens * keep
+            loss = (batch.per_sample * mass).sum() / mass.sum().clamp(min=1)
+        else:
+            mass = keep.to(batch.per_sample.dtype)
+            loss = batch.per_sample[keep].mean()
+        return Aggregated(loss.float(), (mass / mass.sum().clamp(min=1e-12)).float())
+
     def retain_rows(
         self, n_forget: int, n_retain: int, device: torch.device | None = None, *, step: int = 0
     ) -> Tensor | None:
         """``min(k, n_retain)`` distinct random retain rows (None without ``subsample_retain``).
 
         Without a seed they come from the global torch RNG on ``device`` (the reference code's
-        ``torch.randperm``); with one, from :meth:`generator` ``(step)``.
+        ``torch.randperm``); with one, from :meth:`generator` ``(step)``. Under ``scope="global"`` with ``W > 1``
+        processes, ``k`` is :meth:`retain_share` of the global ``k``.
         """
         if not self.subsample_retain:
             return None
-        k = min(self.group_size(n_forget), n_retain)
+        rank, world = rank_world()
+        if self.scope == "global" and world > 1:
+            k = min(self.retain_share(n_forget, rank, world), n_retain)
+        else:
+            k = min(self.group_size(n_forget), n_retain)
         if self.seed is None:
             return torch.randperm(n_retain, device=device)[:k]
         return torch.randperm(n_retain, generator=self.generator(step))[:k].to(device)
+
+    def retain_share(self, n_forget: int, rank: int, world: int) -> int:
+        """Process ``rank``'s share of the global ``k = max(1, floor(ratio * world * n_forget))`` retain rows.
+
+        ``max(1, k // world + (rank < k % world))``: the shares differ by at most one and sum to ``k``, except that
+        every process keeps at least one row (an empty retain batch has no loss) when ``k < world``.
+
+        >>> [BalDROG(ratio=0.5).retain_share(3, r, 2) for r in range(2)]  # k = floor(0.5 x 6) = 3
+        [2, 1]
+        """
+        k = self.group_size(world * n_forget)
+        return max(1, k // world + int(rank < k % world))
 
     def generator(self, step: int) -> torch.Generator:
         """A CPU generator for the next seeded draw of optimiser step ``step``.
@@ -318,9 +469,11 @@ class BalDROG(Aggregator):
         return {k: v for k, v in vars(self).items() if k not in ("_draw_step", "_draws")}
 
     def __setstate__(self, state: dict) -> None:
+        state.setdefault("scope", "device")  # pickled before scope existed: selected per process
         self.__dict__.update(state)
         self._draw_step = None
         self._draws = 0
 
     def __repr__(self) -> str:
-        return f"BalDROG(ratio={self.ratio!r}, subsample_retain={self.subsample_retain!r}, seed={self.seed!r})"
+        scope = "" if self.scope == "global" else f", scope={self.scope!r}"  # shown when not the default
+        return f"BalDROG(ratio={self.ratio!r}, subsample_retain={self.subsample_retain!r}, seed={self.seed!r}{scope})"

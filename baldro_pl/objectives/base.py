@@ -2,7 +2,8 @@
 
 * a :class:`ForgetLoss` maps the forget batch's target log-probs to unreduced losses (lower = more forgotten by the
   method's own measure; "higher = still remembered" holds for GradAscent, NPO and SimNPO only, see
-  :mod:`baldro_pl.objectives.forget`) and to each sample's hardness ``-avg NLL``;
+  :mod:`baldro_pl.objectives.forget`) and to each sample's hardness ``-avg NLL``; a :class:`LogitForgetLoss` (CEU,
+  UNDIAL) also takes the forget batch's full-vocabulary logits and, if it says so, the frozen reference model's;
 * an :class:`Aggregator` turns those into one scalar and says which weight each sample got (Mean, BalDRO-DV,
   BalDRO-G);
 * a :class:`RetainLoss` scores the retain batch (NLL or KL to the reference model).
@@ -67,11 +68,35 @@ class ForgetLoss(ABC):
     """A base forget loss: per-sample (and, for token-level losses, per-token) values from one forward pass.
 
     Subclasses set :attr:`reduction` and, when they need the reference log-likelihood of each forget sample
-    (the model before unlearning, cached once per dataset index), :attr:`needs_reference`.
+    (the model before unlearning, cached once per dataset index), :attr:`needs_reference`. What the training module
+    must compute for a step is read from the class attributes, never from the loss's internals:
+
+    * :attr:`needs_logits`: the loss takes the forget batch's ``[B, L, V]`` logits (a :class:`LogitForgetLoss`);
+    * :attr:`needs_reference_logits`: it also takes the frozen reference model's logits on the forget batch (the
+      module then keeps a frozen copy of the initial model);
+    * :attr:`needs_all_positions`: those logits must cover every position (prompt and padding included);
+    * :attr:`supports_dro`: False for a loss whose per-sample values BalDRO cannot meaningfully weigh; the
+      objective then refuses every aggregator but ``Mean`` at construction;
+    * :attr:`needs_alternate`: the loss takes the target log-probs of each forget row's alternative ("I don't know")
+      answer (``batch["forget"]["alternate"]``, :mod:`baldro_pl.objectives.preference`);
+    * :attr:`needs_reference_alternate`: it also takes the cached pre-unlearning NLL of those answers;
+    * :attr:`needs_policy_grad`: False when the original answers' log-probs only give the hardness (no gradient
+      through them, so their forward pass runs without a graph).
     """
 
     reduction: ClassVar[Reduction] = "sample"
     needs_reference: ClassVar[bool] = False
+    needs_logits: ClassVar[bool] = False
+    needs_reference_logits: ClassVar[bool] = False
+    supports_dro: ClassVar[bool] = True
+    needs_alternate: ClassVar[bool] = False
+    needs_reference_alternate: ClassVar[bool] = False
+    needs_policy_grad: ClassVar[bool] = True
+
+    @property
+    def needs_all_positions(self) -> bool:
+        """Whether the forget logits must cover every position (not only from the first answer token on)."""
+        return False
 
     @abstractmethod
     def __call__(self, policy: TokenLogProbs, reference_nll: Tensor | None = None) -> ForgetLosses:
@@ -91,14 +116,57 @@ class ForgetLoss(ABC):
     def _sample_losses(self, policy: TokenLogProbs, per_sample: Tensor) -> ForgetLosses:
         return ForgetLosses(per_sample, None, policy.mask, "sample", -safe_mean_nll(policy).detach())
 
-    def _token_losses(self, policy: TokenLogProbs, per_token: Tensor) -> ForgetLosses:
-        per_token = per_token.masked_fill(~policy.mask, 0.0)
-        per_sample = per_token.sum(-1) / policy.n_tokens.clamp(min=1.0)
-        return ForgetLosses(per_sample, per_token, policy.mask, "token", -safe_mean_nll(policy).detach())
+    def _token_losses(self, policy: TokenLogProbs, per_token: Tensor, mask: Tensor | None = None) -> ForgetLosses:
+        """Token-level :class:`ForgetLosses` over ``mask`` (default: the target tokens of ``policy``)."""
+        mask = policy.mask if mask is None else mask
+        per_token = per_token.masked_fill(~mask, 0.0)
+        per_sample = per_token.sum(-1) / mask.sum(-1).to(per_token.dtype).clamp(min=1.0)
+        return ForgetLosses(per_sample, per_token, mask, "token", -safe_mean_nll(policy).detach())
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"
+
+
+class LogitForgetLoss(ForgetLoss):
+    """A forget loss that needs more than the target log-probs: the full-vocabulary logits of the forget batch.
+
+    CEU (the whole next-token distribution at each answer token) and UNDIAL (also the frozen reference model's
+    logits, :attr:`needs_reference_logits`) are of this kind. The module computes the logits
+    (:func:`baldro_pl.forward.teacher_forced_logits`) and passes them; the loss itself calls no model.
+    """
+
+    needs_logits: ClassVar[bool] = True
+
+    @abstractmethod
+    def __call__(
+        self,
+        policy: TokenLogProbs,
+        reference_nll: Tensor | None = None,
+        *,
+        logits: Tensor | None = None,
+        labels: Tensor | None = None,
+        reference_logits: Tensor | None = None,
+    ) -> ForgetLosses:
+        """Unreduced losses of the forget batch.
+
+        Args:
+            policy: target log-probs under the model being unlearned (for the hardness ``-avg NLL``).
+            reference_nll: unused by the logit losses (kept for the common signature).
+            logits: ``[B, L, V]`` policy logits of the forget batch (``L <= T``: the last ``L`` positions).
+            labels: ``[B, T]`` labels of the forget batch, ``IGNORE_INDEX`` on unscored positions.
+            reference_logits: ``[B, L, V]`` logits of the frozen reference model (only if
+                :attr:`needs_reference_logits`).
+        """
+
+    def _check_logits(self, logits: Tensor | None, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+        if logits is None or labels is None:
+            raise ValueError(f"{type(self).__name__} needs the forget batch's logits and labels")
+        if logits.shape[1] > labels.shape[1]:
+            raise ValueError(
+                f"{type(self).__name__}: logits cover {logits.shape[1]} positions, labels only {labels.shape[1]}"
+            )
+        return logits, labels[:, labels.shape[1] - logits.shape[1] :]
 
 
 class RetainLoss(ABC):

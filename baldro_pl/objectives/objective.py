@@ -1,8 +1,9 @@
 """The full unlearning objective ``gamma * A(l_1..l_n) + alpha * L_retain`` (design.md §1) as a pure function.
 
 :class:`UnlearningObjective` is also the one party the training module asks about the method: whether it needs the
-reference NLL of the forget samples, a live reference model, the retain logits of every position, and which retain
-rows to keep for a forget batch. The module never looks inside the forget loss, aggregator or retain loss.
+reference NLL of the forget samples, the forget logits (CEU, UNDIAL), a live reference model (for the KL retain loss or
+UNDIAL's teacher), the logits of every position, and which retain rows to keep for a forget batch. The module never
+looks inside the forget loss, aggregator or retain loss.
 """
 
 from __future__ import annotations
@@ -46,11 +47,15 @@ class UnlearningObjective:
     """A method = (forget loss, aggregator, retain loss, gamma, alpha). No model, no Lightning.
 
     Args:
-        forget_loss: the base forget loss (NPO, SimNPO, SatImp, GradAscent, WGA).
+        forget_loss: the base forget loss (NPO, SimNPO, SatImp, GradAscent, WGA, CEU, UNDIAL).
         aggregator: Mean (the published method; None means Mean), BalDRODV or BalDROG.
         retain_loss: NLL (None means ``NLL()``, the token mean) or KL. ``alpha=0`` means no retain term.
         gamma: weight of the forget term (> 0).
         alpha: weight of the retain term (>= 0).
+
+    Raises:
+        ValueError: a BalDRO aggregator with a forget loss that refuses it (``supports_dro`` False), or a bad
+            ``gamma`` / ``alpha``.
     """
 
     def __init__(
@@ -68,6 +73,11 @@ class UnlearningObjective:
             raise TypeError(f"aggregator must be an Aggregator (Mean, BalDRODV, BalDROG), got {aggregator!r}")
         if retain_loss is not None and not isinstance(retain_loss, RetainLoss):
             raise TypeError(f"retain_loss must be a RetainLoss (NLL, KL) or None, got {retain_loss!r}")
+        if aggregator is not None and not isinstance(aggregator, Mean) and not forget_loss.supports_dro:
+            raise ValueError(
+                f"aggregator: {forget_loss!r} cannot be weighed by BalDRO (see its docstring), so only Mean is "
+                f"allowed, got {aggregator!r}"
+            )
         if not gamma > 0:
             raise ValueError(f"gamma must be > 0, got {gamma!r}")
         if not alpha >= 0:
@@ -93,9 +103,44 @@ class UnlearningObjective:
         return self.forget_loss.needs_reference
 
     @property
-    def needs_reference_model(self) -> bool:
-        """Whether a step needs ``reference_retain_logits`` from a live frozen reference model (the KL retain loss)."""
+    def needs_alternate(self) -> bool:
+        """Whether a step needs the alternative answers' target log-probs (IdkNLL, IdkDPO)."""
+        return self.forget_loss.needs_alternate
+
+    @property
+    def needs_reference_alternate_nll(self) -> bool:
+        """Whether a step needs each alternative answer's NLL before unlearning (IdkDPO; cached like the NPO one)."""
+        return self.forget_loss.needs_reference_alternate
+
+    @property
+    def needs_forget_grad(self) -> bool:
+        """Whether gradients flow through the original forget answers' log-probs (not for IdkNLL)."""
+        return self.forget_loss.needs_policy_grad
+
+    @property
+    def needs_forget_logits(self) -> bool:
+        """Whether the forget loss takes the forget batch's full-vocabulary logits (CEU, UNDIAL)."""
+        return self.forget_loss.needs_logits
+
+    @property
+    def needs_reference_forget_logits(self) -> bool:
+        """Whether a step needs ``reference_forget_logits``, the frozen reference model's (UNDIAL's teacher)."""
+        return self.forget_loss.needs_reference_logits
+
+    @property
+    def needs_reference_retain_logits(self) -> bool:
+        """Whether a step needs ``reference_retain_logits``, the frozen reference model's (the KL retain loss)."""
         return self.uses_retain and self.retain_loss.needs_reference_model
+
+    @property
+    def needs_reference_model(self) -> bool:
+        """Whether a live frozen reference model is needed (the KL retain loss, UNDIAL)."""
+        return self.needs_reference_retain_logits or self.needs_reference_forget_logits
+
+    @property
+    def needs_all_forget_positions(self) -> bool:
+        """Whether the forget logits must cover every position, prompt and padding included (UNDIAL "reference")."""
+        return self.forget_loss.needs_all_positions
 
     @property
     def needs_all_retain_positions(self) -> bool:
@@ -120,16 +165,51 @@ class UnlearningObjective:
         forget: TokenLogProbs,
         *,
         reference_nll: Tensor | None = None,
+        forget_logits: Tensor | None = None,
+        forget_labels: Tensor | None = None,
+        reference_forget_logits: Tensor | None = None,
         retain_logits: Tensor | None = None,
         retain_labels: Tensor | None = None,
         reference_retain_logits: Tensor | None = None,
+        alternate: TokenLogProbs | None = None,
+        reference_alternate_nll: Tensor | None = None,
     ) -> ObjectiveOutput:
-        """Evaluate the objective on one step's forget log-probs and retain logits.
+        """Evaluate the objective on one step's forget log-probs (and logits) and retain logits.
+
+        Args:
+            forget: target log-probs of the forget batch under the model being unlearned.
+            reference_nll: ``[B]`` summed NLL of each forget sample before unlearning (if
+                :attr:`needs_reference_nll`).
+            forget_logits: ``[B, L, V]`` logits of the forget batch (if :attr:`needs_forget_logits`).
+            forget_labels: ``[B, T]`` labels of the forget batch (with ``forget_logits``).
+            reference_forget_logits: ``[B, L, V]`` frozen reference model's logits of the forget batch (if
+                :attr:`needs_reference_forget_logits`).
+            retain_logits: ``[B', L', V]`` logits of the retain batch (if :attr:`uses_retain`).
+            retain_labels: ``[B', T']`` labels of the retain batch.
+            reference_retain_logits: the frozen reference model's retain logits (if
+                :attr:`needs_reference_retain_logits`).
+            alternate: target log-probs of the forget rows' alternative answers (if :attr:`needs_alternate`).
+            reference_alternate_nll: ``[B]`` summed NLL of those answers before unlearning (if
+                :attr:`needs_reference_alternate_nll`).
 
         Raises:
-            ValueError: the objective has a retain term and ``retain_logits`` or ``retain_labels`` is missing.
+            ValueError: the objective has a retain term and ``retain_logits`` or ``retain_labels`` is missing, or the
+                forget loss needs logits that were not passed.
         """
-        losses = self.forget_loss(forget, reference_nll)
+        if self.forget_loss.needs_logits:
+            losses = self.forget_loss(
+                forget,
+                reference_nll,
+                logits=forget_logits,
+                labels=forget_labels,
+                reference_logits=reference_forget_logits,
+            )
+        elif self.forget_loss.needs_alternate:
+            losses = self.forget_loss(
+                forget, reference_nll, alternate=alternate, reference_alternate_nll=reference_alternate_nll
+            )
+        else:
+            losses = self.forget_loss(forget, reference_nll)
         aggregated = self.aggregator(losses)
         forget_term = aggregated.loss
         if self.uses_retain:

@@ -11,22 +11,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from toy_task import ToyUnlearningData, mean_avg_nll
 from trainers import quiet_trainer
 
-from baldro_pl.modules import FinetuneModule, UnlearningModule
+from baldro_pl.modules import UnlearningModule
 from baldro_pl.objectives import KL, NLL, NPO, BalDRODV, BalDROG, GradAscent, SatImp, SimNPO
 from baldro_pl.toy import tiny_llama
-
-
-@pytest.fixture(scope="module")
-def target_model(people_tokenizer, tmp_path_factory):
-    """A tiny Llama fine-tuned on all 32 QA strings (the 'target' model of this toy benchmark)."""
-    tok = people_tokenizer
-    torch.manual_seed(0)
-    model = tiny_llama(len(tok), hidden_size=64, num_hidden_layers=2, intermediate_size=128)
-    module = FinetuneModule(model, learning_rate=3e-3, warmup_epochs=0)
-    module.tokenizer = tok
-    data = ToyUnlearningData(tok, batch_size=8, mode="finetune")
-    quiet_trainer(tmp_path_factory.mktemp("ft"), max_epochs=60).fit(module, datamodule=data)
-    return module.model
 
 
 def test_finetune_memorises_the_answers(target_model, people_tokenizer) -> None:

@@ -14,28 +14,13 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from parity_data import FORGET, RETAIN
 from torch import nn
 
 from baldro_pl.datamodules import PromptFormat, encode_qa, pad_samples
 from baldro_pl.modules import UnlearningModule, compute_reference_nll
 from baldro_pl.objectives import NLL, NPO, BalDRODV, BalDROG, Mean, SatImp, SimNPO
 
-FORGET = [
-    ("Where was Jaime Vasquez born?", "Jaime Vasquez was born in Santiago, Chile."),
-    ("What genre does Jaime Vasquez write?", "True crime."),
-    ("Who are the parents of Chukwu Akabueze?", "His father was a hairdresser and his mother a lawyer."),
-    ("What is the capital of France?", "Paris."),
-    ("Which river flows through Cairo?", "The Nile flows through Cairo, the capital of Egypt."),
-    ("Who wrote the book?", "A famous author wrote it in 1990."),
-]
-RETAIN = [
-    ("What is the capital of France?", "The capital of France is Paris."),
-    ("Which river flows through Cairo?", "The Nile."),
-    ("Who wrote the book?", "A famous author wrote the book in 1990 while the cat slept."),
-    ("Where was Jaime Vasquez born?", "In Chile."),
-    ("What genre does Jaime Vasquez write?", "Jaime Vasquez writes true crime novels."),
-    ("Who are the parents of Chukwu Akabueze?", "A hairdresser and a lawyer."),
-]
 BETA_NPO, BETA_SIMNPO, DELTA, BETA1, BETA2, TAU, RATIO = 0.1, 4.5, 0.25, 5.0, 1.0, 0.7, 0.5
 
 
