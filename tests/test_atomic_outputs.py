@@ -260,7 +260,7 @@ def test_fit_writes_a_safe_loadable_hparams_yaml(logger_cls, tiny_model, toy_tok
     assert hparams["forget_loss"] == {"class_path": "baldro_pl.objectives.WGA", "init_args": {"beta": 2.0}}
     assert hparams["aggregator"] == {
         "class_path": "baldro_pl.objectives.BalDRODV",
-        "init_args": {"temperature": 0.5, "emphasis": "easy", "unit": "sample", "score": "loss"},
+        "init_args": {"temperature": 0.5, "emphasis": "easy", "unit": "sample", "score": "loss", "scope": "global"},
     }
     assert hparams["retain_loss"] == {"class_path": "baldro_pl.objectives.NLL", "init_args": {"per": "sequence"}}
     assert (hparams["alpha"], hparams["schedule"], hparams["learning_rate"]) == (0.5, "hf_trainer", 1e-3)

@@ -68,6 +68,16 @@ MUSE_NAMES = [
     "news_npo_dv_release",
     "books_npo_dv",
     "books_npo_dv_release",
+    # SimNPO and SatImp with their BalDRO variants, on both corpora (docs/presets.md: the paper's setting where the
+    # MUSE scripts are inconsistent)
+    *(
+        f"{corpus}_{method}"
+        for corpus in ("news", "books")
+        for method in (
+            *("simnpo", "simnpo_group", "simnpo_dv", "simnpo_dv_release"),
+            *("satimp", "satimp_group", "satimp_dv", "satimp_dv_release"),
+        )
+    ),
 ]
 COMPOSED_PRESETS = [f"tofu/{m}" for m in TOFU_NAMES] + [f"muse/{m}" for m in MUSE_NAMES]
 COMPOSED_FILES = [
@@ -253,6 +263,22 @@ MUSE_METHODS = {
     "books_npo_dv": Method(NPO, NPO_ARGS, BalDRODV, DV_HARD, "sequence", 1.0, 1.0, 4, 8),
     "books_npo_dv_release": Method(NPO, NPO_ARGS, BalDRODV, DV_EASY, "sequence", 1.0, 1.0, 4, 8),
 }
+for _corpus in ("news", "books"):
+    # SimNPO: SimNPO.yaml's beta, delta, gamma; SatImp: gamma 1.0, what every MUSE SatImp script passes (TOFU: 0.1)
+    MUSE_METHODS |= {
+        f"{_corpus}_simnpo": Method(SimNPO, SIMNPO_ARGS, Mean, {}, "token", 0.125, 1.0, 4, 8),
+        f"{_corpus}_simnpo_group": Method(SimNPO, SIMNPO_ARGS, BalDROG, GROUP, "token", 0.125, 1.0, 4, 8),
+        f"{_corpus}_simnpo_dv": Method(SimNPO, SIMNPO_ARGS, BalDRODV, DV_HARD, "token", 0.125, 1.0, 4, 8),
+        f"{_corpus}_simnpo_dv_release": Method(SimNPO, SIMNPO_ARGS, BalDRODV, DV_EASY, "token", 0.125, 1.0, 4, 8),
+        f"{_corpus}_satimp": Method(SatImp, SATIMP_ARGS, Mean, {}, "token", 1.0, 1.0, 4, 8),
+        f"{_corpus}_satimp_group": Method(SatImp, SATIMP_ARGS, BalDROG, GROUP, "token", 1.0, 1.0, 4, 8),
+        f"{_corpus}_satimp_dv": Method(
+            SatImp, SATIMP_ARGS, BalDRODV, {**DV_HARD, "unit": "token"}, "sequence", 1.0, 1.0, 4, 8
+        ),
+        f"{_corpus}_satimp_dv_release": Method(
+            SatImp, SATIMP_ARGS, BalDRODV, {**DV_EASY, "unit": "token"}, "sequence", 1.0, 1.0, 4, 8
+        ),
+    }
 
 
 def _check_objective(module: UnlearningModule, method: Method) -> None:
@@ -438,6 +464,17 @@ for _corpus, _split in (("news", "News"), ("books", "Books")):
     if _corpus == "news":
         RESOLVED["muse/news_npo"] = {**_MUSE_CORPUS, **_MEAN, **_TOKEN}
         RESOLVED["muse/news_npo_group"] = {**_MUSE_CORPUS, **_GROUP, **_TOKEN}
+    # SimNPO and SatImp (new with issue 12, not replacing a single-file preset): the MUSE recipe with their own losses
+    _MUSE_SIMNPO = {**_MUSE_CORPUS, **_SIMNPO}
+    _MUSE_SATIMP = {**_MUSE_CORPUS, "forget": _SATIMP["forget"], "model.init_args.gamma": 1.0}
+    RESOLVED[f"muse/{_corpus}_simnpo"] = {**_MUSE_SIMNPO, **_MEAN, **_TOKEN}
+    RESOLVED[f"muse/{_corpus}_simnpo_group"] = {**_MUSE_SIMNPO, **_GROUP, **_TOKEN}
+    RESOLVED[f"muse/{_corpus}_simnpo_dv"] = {**_MUSE_SIMNPO, **_dv("hard"), **_TOKEN}
+    RESOLVED[f"muse/{_corpus}_simnpo_dv_release"] = {**_MUSE_SIMNPO, **_dv("easy"), **_TOKEN}
+    RESOLVED[f"muse/{_corpus}_satimp"] = {**_MUSE_SATIMP, **_MEAN, **_TOKEN}
+    RESOLVED[f"muse/{_corpus}_satimp_group"] = {**_MUSE_SATIMP, **_GROUP, **_TOKEN}
+    RESOLVED[f"muse/{_corpus}_satimp_dv"] = {**_MUSE_SATIMP, **_dv("hard", "token"), **_SEQUENCE}
+    RESOLVED[f"muse/{_corpus}_satimp_dv_release"] = {**_MUSE_SATIMP, **_dv("easy", "token"), **_SEQUENCE}
 
 
 def _resolved(config: dict[str, Any], key: str) -> Any:
@@ -516,6 +553,16 @@ def test_reference_dv_presets_say_that_hard_is_the_papers_form(preset: str) -> N
         assert "emphasis: hard" in text and "emphasis: easy" not in text
         assert "the paper's sign" in text
         assert f"configs/{release}" in text  # points at the release code's form
+
+
+@pytest.mark.parametrize("preset", [f"muse/method/{m}.yaml" for m in MUSE_METHODS])
+def test_muse_method_file_gives_the_source_of_every_number(preset: str) -> None:
+    """Every number a MUSE method file sets carries its source in a comment (``# [S] ...``, ``# [T] ...``)."""
+    import re
+
+    for line in (CONFIGS / preset).read_text().splitlines():
+        if re.match(r"^\s*[a-z_0-9]+: -?[0-9.]+(e-?[0-9]+)?\s*(#.*)?$", line):
+            assert re.search(r"# .*\[[A-Z]\]", line), f"{preset}: no source for {line.strip()!r}"
 
 
 @pytest.mark.parametrize(
