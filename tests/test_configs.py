@@ -37,9 +37,11 @@ from baldro_pl.objectives import (
     CEU,
     NLL,
     NPO,
+    RMU,
     UNDIAL,
     BalDRODV,
     BalDROG,
+    EmbedDiff,
     GradAscent,
     IdkDPO,
     IdkNLL,
@@ -59,7 +61,7 @@ EVAL_PRESETS = ["tofu/eval.yaml", "muse/eval_news.yaml", "muse/eval_books.yaml"]
 TOFU_NAMES = [
     *("npo", "npo_group", "npo_dv", "simnpo", "simnpo_group", "simnpo_dv", "satimp", "satimp_group", "satimp_dv"),
     *(f"{m}_release" for m in ("npo_dv", "npo_group", "simnpo_dv", "satimp_dv")),
-    *("graddiff", "ceu", "undial", "idknll", "idkdpo"),
+    *("graddiff", "ceu", "undial", "idknll", "idkdpo", "rmu"),
 ]
 MUSE_NAMES = [
     "news_npo",
@@ -226,6 +228,12 @@ DV_EASY = {"temperature": 1.0, "emphasis": "easy", "unit": "sample", "score": "l
 DV_HARD = {**DV_EASY, "emphasis": "hard"}  # the paper's DV
 GROUP = {"ratio": 0.5, "subsample_retain": True, "seed": None, "scope": "global"}
 NPO_ARGS, SIMNPO_ARGS, SATIMP_ARGS = {"beta": 0.1}, {"beta": 4.5, "delta": 0.0}, {"beta1": 5.0, "beta2": 1.0}
+RMU_ARGS = {
+    "layer": 7,
+    "steering_coeff": 300.0,
+    "trainable": [r"model\.layers\.(5|6|7)\.mlp\.down_proj\.weight"],
+    "seed": 0,
+}
 TOFU_METHODS = {
     "npo": Method(NPO, NPO_ARGS, Mean, {}, "token", 1.0, 1.0, 8, 4),
     "npo_group": Method(NPO, NPO_ARGS, BalDROG, GROUP, "token", 1.0, 1.0, 8, 4),
@@ -247,6 +255,7 @@ TOFU_METHODS = {
     "undial": Method(UNDIAL, {"beta": 10.0, "positions": "reference"}, Mean, {}, "token", 1.0, 0.0, 8, 4),
     "idknll": Method(IdkNLL, {}, Mean, {}, "token", 1.0, 1.0, 8, 4),
     "idkdpo": Method(IdkDPO, {"beta": 0.1}, Mean, {}, "token", 1.0, 1.0, 8, 4),
+    "rmu": Method(RMU, RMU_ARGS, Mean, {}, "embed_diff", 1.0, 1000.0, 8, 4),
 }
 # open-unlearning's UNDIAL.yaml learning rate; every other TOFU preset: 1e-5 (BalDRO's scripts, open-unlearning)
 TOFU_LEARNING_RATES = {"undial": 1e-4}
@@ -287,8 +296,11 @@ def _check_objective(module: UnlearningModule, method: Method) -> None:
     assert {k: getattr(objective.forget_loss, k) for k in method.forget_args} == method.forget_args
     assert type(objective.aggregator) is method.aggregator
     assert {k: getattr(objective.aggregator, k) for k in method.aggregator_args} == method.aggregator_args
-    assert type(objective.retain_loss) is NLL
-    assert objective.retain_loss.per == method.retain_per
+    if method.retain_per == "embed_diff":
+        assert type(objective.retain_loss) is EmbedDiff
+    else:
+        assert type(objective.retain_loss) is NLL
+        assert objective.retain_loss.per == method.retain_per
     assert (objective.gamma, objective.alpha) == (method.gamma, method.alpha)
 
 
@@ -438,6 +450,10 @@ RESOLVED = {
         **_TOFU_COMMON, "forget": ("baldro_pl.objectives.IdkNLL", None), "model.init_args.gamma": 1.0,
         "data.init_args.alternate_answers": "data/idontknow.jsonl", **_MEAN, **_TOKEN,
     },
+    "tofu/rmu": {
+        **_TOFU_COMMON, "forget": ("baldro_pl.objectives.RMU", RMU_ARGS), "model.init_args.gamma": 1.0,
+        "model.init_args.alpha": 1000.0, **_MEAN, "retain_per": "embed_diff",
+    },
     "tofu/idkdpo": {
         **_TOFU_COMMON, "forget": ("baldro_pl.objectives.IdkDPO", {"beta": 0.1}), "model.init_args.gamma": 1.0,
         "data.init_args.alternate_answers": "data/idontknow.jsonl", **_MEAN, **_TOKEN,
@@ -483,6 +499,8 @@ def _resolved(config: dict[str, Any], key: str) -> Any:
         part = model["forget_loss" if key == "forget" else key]
         return part["class_path"], part.get("init_args")
     if key == "retain_per":
+        if model["retain_loss"]["class_path"] == "baldro_pl.objectives.EmbedDiff":
+            return "embed_diff"
         assert model["retain_loss"]["class_path"] == "baldro_pl.objectives.NLL"
         return model["retain_loss"]["init_args"]["per"]
     if key.startswith("evaluation."):

@@ -12,11 +12,14 @@ The module asks the :class:`~baldro_pl.objectives.UnlearningObjective` what a st
 reference model, all forget or retain positions, retain rows) and never looks inside its parts. The reference NLL of
 every forget sample is computed once, before the first step, from the initial weights
 (:class:`~baldro_pl.modules.reference.ReferenceCache`); a frozen reference model is built only when a loss needs its
-logits (the KL retain loss, UNDIAL's teacher).
+logits (the KL retain loss, UNDIAL's teacher) or hidden states (RMU's ``EmbedDiff``). For RMU the forget pass also
+takes the output of the chosen decoder layer (a forward hook; the later layers see it detached, so the backward pass
+stops there) and the retain passes stop after that layer; the RMU direction is saved in checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -24,6 +27,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from baldro_pl.forward import teacher_forced_logits
 from baldro_pl.modules.base import CausalLMModule, from_config, plain_config
 from baldro_pl.modules.reference import ReferenceCache
 from baldro_pl.objectives import (
@@ -41,6 +45,71 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "baldro_pl_reference_cache"
 ALTERNATE_CHECKPOINT_KEY = "baldro_pl_reference_cache_alternate"
+DIRECTION_CHECKPOINT_KEY = "baldro_pl_rmu_direction"
+
+
+class _StopForward(Exception):
+    """Raised by the hidden-state hook to end a forward pass once the chosen layer has run."""
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder layers of a Hugging Face causal LM (``model.get_decoder().layers``).
+
+    Raises:
+        ValueError: the model has no such list.
+    """
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ValueError(f"forget_loss.layer: {type(model).__name__} has no decoder layer list (get_decoder().layers)")
+    return layers
+
+
+def layer_hidden_states(
+    model: torch.nn.Module, batch: dict[str, Tensor], layer: int, *, logits: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """The ``[B, T, d]`` output of decoder layer ``layer`` on ``batch`` (a forward hook, as open-unlearning's RMU).
+
+    Without ``logits`` the forward pass stops once that layer has run (the later layers and the LM head are not
+    computed). With ``logits`` it runs to the end, but the layers after ``layer`` see a detached copy of its output:
+    their logits (for the hardness and the forgetting spread) carry no graph, so the backward pass only reaches the
+    layers up to ``layer``.
+
+    Returns:
+        ``(hidden states, logits from the earliest target position on, or None)``.
+    """
+    captured: list[Tensor] = []
+
+    def capture(module: torch.nn.Module, args: Any, output: Any) -> Any:
+        if captured:  # a recomputation (gradient checkpointing): leave it alone
+            return None
+        hidden = output[0] if isinstance(output, tuple) else output
+        captured.append(hidden)
+        if not logits:
+            return None
+        detached = hidden.detach()
+        return (detached, *output[1:]) if isinstance(output, tuple) else detached
+
+    def stop(module: torch.nn.Module, args: Any) -> None:
+        # a pre-hook of the next layer, so that no checkpointed layer is left half-run
+        raise _StopForward
+
+    layers = decoder_layers(model)
+    handles = [layers[layer].register_forward_hook(capture)]
+    if not logits and layer + 1 < len(layers):
+        handles.append(layers[layer + 1].register_forward_pre_hook(stop))
+    try:
+        if logits:
+            out = teacher_forced_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            return captured[0], out
+        with contextlib.suppress(_StopForward):
+            model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, logits_to_keep=1
+            )
+        return captured[0], None
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class UnlearningModule(CausalLMModule):
@@ -49,10 +118,12 @@ class UnlearningModule(CausalLMModule):
     Args:
         model: hub name, local directory, ``pkg:<package>`` or a built ``PreTrainedModel`` (see
             :class:`~baldro_pl.modules.base.CausalLMModule` for the loading and optimiser arguments).
-        forget_loss: base forget loss: ``NPO``, ``SimNPO``, ``SatImp``, ``GradAscent``, ``WGA``, ``CEU`` or
-            ``UNDIAL``.
+        forget_loss: base forget loss: ``NPO``, ``SimNPO``, ``SatImp``, ``GradAscent``, ``WGA``, ``CEU``,
+            ``UNDIAL`` or ``RMU`` (whose ``layer`` and ``trainable`` settings are applied to the model in
+            :meth:`configure_model`: only the matching parameters stay trainable).
         aggregator: ``Mean`` (default; the published base method), ``BalDRODV`` or ``BalDROG``.
-        retain_loss: ``NLL`` (None means NLL) or ``KL``. Set ``alpha: 0`` for no retain term (plain gradient ascent).
+        retain_loss: ``NLL`` (None means NLL), ``KL`` or (with ``RMU``) ``EmbedDiff``. Set ``alpha: 0`` for no retain
+            term (plain gradient ascent).
             The three objects may also be given as ``{"class_path": ..., "init_args": {...}}`` mappings, the form in
             which the module saves them as hyperparameters (``hparams.yaml``, checkpoints: plain YAML-safe data).
         gamma: weight of the forget term.
@@ -113,7 +184,10 @@ class UnlearningModule(CausalLMModule):
         return self.objective.needs_reference_model
 
     def configure_model(self) -> None:
-        """Build the model and, for the KL retain loss and UNDIAL only, a frozen reference copy (before wrapping)."""
+        """Build the model and, for the KL retain loss, UNDIAL and RMU only, a frozen reference copy (before wrapping).
+
+        For RMU, also check the layer, draw the direction and freeze every parameter but the configured ones.
+        """
         initial_copy = self.model is None and self.needs_reference_model
         super().configure_model()
         if self.needs_reference_model and self.reference_model is None:
@@ -127,6 +201,36 @@ class UnlearningModule(CausalLMModule):
             reference.eval()
             reference.config.use_cache = False
             self.reference_model = reference
+        if self.objective.needs_forget_hidden:
+            self._configure_hidden_layer()
+
+    def _configure_hidden_layer(self) -> None:
+        """RMU: check the layer, draw (or check) the direction, freeze every parameter but the trainable ones.
+
+        Runs in :meth:`configure_model`, before the optimiser is built (it takes only ``requires_grad`` parameters).
+
+        Raises:
+            ValueError: ``forget_loss.layer`` out of range for the model, or no parameter matches
+                ``forget_loss.trainable``.
+        """
+        forget_loss = self.objective.forget_loss
+        n_layers = len(decoder_layers(self.model))
+        if forget_loss.layer >= n_layers:  # type: ignore[attr-defined]
+            raise ValueError(
+                f"forget_loss.layer: {forget_loss.layer} is out of range for a model with {n_layers} decoder layers "  # type: ignore[attr-defined]
+                f"(0 to {n_layers - 1})"
+            )
+        forget_loss.direction_for(self.model.config.hidden_size)  # type: ignore[attr-defined]
+        trained = 0
+        for name, parameter in self.model.named_parameters():
+            keep = forget_loss.is_trainable(name)  # type: ignore[attr-defined]
+            parameter.requires_grad_(keep)
+            trained += keep
+        if not trained:
+            raise ValueError(
+                f"forget_loss.trainable: no parameter of the model matches {forget_loss.trainable!r} "  # type: ignore[attr-defined]
+                f"(names look like {next(n for n, _ in self.model.named_parameters())!r})"
+            )
 
     def on_fit_start(self) -> None:
         """Train mode for the model being unlearned, eval mode for the frozen reference (if any)."""
@@ -193,6 +297,9 @@ class UnlearningModule(CausalLMModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the reference cache; leave the frozen reference model out of the checkpoint."""
         checkpoint[CHECKPOINT_KEY] = self.reference_cache.state_dict()
+        direction = getattr(self.objective.forget_loss, "direction", None)
+        if direction is not None:
+            checkpoint[DIRECTION_CHECKPOINT_KEY] = direction.detach().cpu().clone()
         if not self.reference_cache_alternate.is_empty:
             checkpoint[ALTERNATE_CHECKPOINT_KEY] = self.reference_cache_alternate.state_dict()
         state = checkpoint.get("state_dict")
@@ -206,6 +313,8 @@ class UnlearningModule(CausalLMModule):
             self.reference_cache.load_state_dict(checkpoint[CHECKPOINT_KEY])
         if ALTERNATE_CHECKPOINT_KEY in checkpoint:
             self.reference_cache_alternate.load_state_dict(checkpoint[ALTERNATE_CHECKPOINT_KEY])
+        if DIRECTION_CHECKPOINT_KEY in checkpoint and self.objective.needs_forget_hidden:
+            self.objective.forget_loss.direction = checkpoint[DIRECTION_CHECKPOINT_KEY].float().cpu()  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ training
     def forget_logprobs(self, forget: dict[str, Tensor]) -> TokenLogProbs:
@@ -235,8 +344,11 @@ class UnlearningModule(CausalLMModule):
         """
         objective = self.objective
         forget = batch["forget"]
-        forget_logits = reference_forget_logits = None
-        if objective.needs_forget_logits:
+        forget_logits = reference_forget_logits = forget_hidden = None
+        if objective.needs_forget_hidden:
+            forget_hidden, logits = layer_hidden_states(self.model, forget, objective.hidden_layer, logits=True)
+            forget_lp = token_logprobs(logits, forget["labels"])
+        elif objective.needs_forget_logits:
             forget_lp, forget_logits, reference_forget_logits = self.forget_logits(forget)
         else:
             with torch.set_grad_enabled(torch.is_grad_enabled() and objective.needs_forget_grad):
@@ -250,7 +362,7 @@ class UnlearningModule(CausalLMModule):
             alternate_lp = self.forget_logprobs(alternate)
             if objective.needs_reference_alternate_nll:
                 reference_alternate_nll = self.reference_cache_alternate.lookup(alternate["index"])
-        retain_logits = retain_labels = reference_logits = None
+        retain_logits = retain_labels = reference_logits = retain_hidden = reference_retain_hidden = None
         if objective.uses_retain:
             retain = batch.get("retain")
             if retain is None:
@@ -260,10 +372,17 @@ class UnlearningModule(CausalLMModule):
             rows = objective.retain_rows(forget["input_ids"].shape[0], n_retain, step=self.global_step, device=device)
             if rows is not None:
                 retain = {k: v.index_select(0, rows) for k, v in retain.items()}
-            # KL(normalise="reference") averages over every position of the padded batch: it needs all the logits
-            all_positions = objective.needs_all_retain_positions
-            retain_logits = self.batch_logits(self.model, retain, all_positions=all_positions)
             retain_labels = retain["labels"]
+            if objective.needs_retain_hidden:  # RMU's EmbedDiff: the layer's hidden states, the passes stop there
+                retain_hidden, _ = layer_hidden_states(self.model, retain, objective.hidden_layer)
+                with torch.no_grad():
+                    reference_retain_hidden, _ = layer_hidden_states(
+                        self.reference_model, retain, objective.hidden_layer
+                    )
+            else:
+                # KL(normalise="reference") averages over every position of the padded batch: it needs all the logits
+                all_positions = objective.needs_all_retain_positions
+                retain_logits = self.batch_logits(self.model, retain, all_positions=all_positions)
             if objective.needs_reference_retain_logits:
                 with torch.no_grad():
                     reference_logits = self.batch_logits(self.reference_model, retain, all_positions=all_positions)
@@ -271,13 +390,16 @@ class UnlearningModule(CausalLMModule):
             forget_lp,
             reference_nll=reference_nll,
             forget_logits=forget_logits,
-            forget_labels=forget["labels"] if forget_logits is not None else None,
+            forget_labels=forget["labels"] if forget_logits is not None or forget_hidden is not None else None,
             reference_forget_logits=reference_forget_logits,
             retain_logits=retain_logits,
             retain_labels=retain_labels,
             reference_retain_logits=reference_logits,
             alternate=alternate_lp,
             reference_alternate_nll=reference_alternate_nll,
+            forget_hidden=forget_hidden,
+            retain_hidden=retain_hidden,
+            reference_retain_hidden=reference_retain_hidden,
         )
         return out, forget_lp
 

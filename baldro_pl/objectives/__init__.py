@@ -30,11 +30,29 @@ from baldro_pl.objectives.logit_losses import CEU, UNDIAL, ceu_token_loss, undia
 from baldro_pl.objectives.logprobs import TokenLogProbs, token_logprobs
 from baldro_pl.objectives.objective import ObjectiveOutput, UnlearningObjective
 from baldro_pl.objectives.preference import AlternateForgetLoss, IdkDPO, IdkNLL, dpo_loss
+from baldro_pl.objectives.representation import RMU, EmbedDiff, activation_mse, rmu_direction
 from baldro_pl.objectives.retain import KL, NLL, kl_retain_loss, nll_retain_loss
 
 # Modules save these objects in their hyperparameters; let torch.load(weights_only=True) restore them from checkpoints.
 torch.serialization.add_safe_globals(
-    [GradAscent, NPO, SimNPO, SatImp, WGA, CEU, UNDIAL, IdkNLL, IdkDPO, NLL, KL, Mean, BalDRODV, BalDROG]
+    [
+        GradAscent,
+        NPO,
+        SimNPO,
+        SatImp,
+        WGA,
+        CEU,
+        UNDIAL,
+        IdkNLL,
+        IdkDPO,
+        RMU,
+        EmbedDiff,
+        NLL,
+        KL,
+        Mean,
+        BalDRODV,
+        BalDROG,
+    ]
 )
 
 __all__ = [
@@ -42,6 +60,7 @@ __all__ = [
     "KL",
     "NLL",
     "NPO",
+    "RMU",
     "UNDIAL",
     "WGA",
     "AlternateForgetLoss",
@@ -49,6 +68,7 @@ __all__ = [
     "Aggregator",
     "BalDRODV",
     "BalDROG",
+    "EmbedDiff",
     "ForgetLoss",
     "ForgetLosses",
     "GradAscent",
@@ -62,12 +82,14 @@ __all__ = [
     "SimNPO",
     "TokenLogProbs",
     "UnlearningObjective",
+    "activation_mse",
     "ceu_token_loss",
     "dpo_loss",
     "dv_aggregate",
     "kl_retain_loss",
     "nll_retain_loss",
     "npo_loss",
+    "rmu_direction",
     "satimp_token_loss",
     "simnpo_loss",
     "token_logprobs",

@@ -81,7 +81,9 @@ class ForgetLoss(ABC):
       answer (``batch["forget"]["alternate"]``, :mod:`baldro_pl.objectives.preference`);
     * :attr:`needs_reference_alternate`: it also takes the cached pre-unlearning NLL of those answers;
     * :attr:`needs_policy_grad`: False when the original answers' log-probs only give the hardness (no gradient
-      through them, so their forward pass runs without a graph).
+      through them, so their forward pass runs without a graph);
+    * :attr:`needs_hidden_states`: the loss takes the hidden states one decoder layer outputs on the forget batch
+      (RMU, :mod:`baldro_pl.objectives.representation`; the loss names the layer as ``layer``).
     """
 
     reduction: ClassVar[Reduction] = "sample"
@@ -92,6 +94,7 @@ class ForgetLoss(ABC):
     needs_alternate: ClassVar[bool] = False
     needs_reference_alternate: ClassVar[bool] = False
     needs_policy_grad: ClassVar[bool] = True
+    needs_hidden_states: ClassVar[bool] = False
 
     @property
     def needs_all_positions(self) -> bool:
@@ -173,10 +176,13 @@ class RetainLoss(ABC):
     """A loss on the retain batch (design.md §1.2).
 
     :attr:`needs_reference_model` marks losses that need the frozen reference model's logits (only then does the
-    module keep a second copy of the model).
+    module keep a second copy of the model). :attr:`needs_hidden_states` marks losses that take the hidden states of
+    the forget loss's layer instead of logits (RMU's ``EmbedDiff``): ``logits`` and ``reference_logits`` are then
+    ``[B, T, d]`` hidden states.
     """
 
     needs_reference_model: ClassVar[bool] = False
+    needs_hidden_states: ClassVar[bool] = False
 
     @property
     def needs_all_positions(self) -> bool:

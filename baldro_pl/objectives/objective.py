@@ -78,6 +78,11 @@ class UnlearningObjective:
                 f"aggregator: {forget_loss!r} cannot be weighed by BalDRO (see its docstring), so only Mean is "
                 f"allowed, got {aggregator!r}"
             )
+        if retain_loss is not None and retain_loss.needs_hidden_states and not forget_loss.needs_hidden_states:
+            raise ValueError(
+                f"retain_loss: {retain_loss!r} compares the hidden states of the forget loss's layer; use it with a "
+                f"forget loss that names one (RMU), got {forget_loss!r}"
+            )
         if not gamma > 0:
             raise ValueError(f"gamma must be > 0, got {gamma!r}")
         if not alpha >= 0:
@@ -123,6 +128,21 @@ class UnlearningObjective:
         return self.forget_loss.needs_logits
 
     @property
+    def hidden_layer(self) -> int | None:
+        """The decoder layer whose hidden states the losses take (RMU's ``layer``), or None."""
+        return self.forget_loss.layer if self.forget_loss.needs_hidden_states else None  # type: ignore[attr-defined]
+
+    @property
+    def needs_forget_hidden(self) -> bool:
+        """Whether the forget loss takes the forget batch's hidden states at :attr:`hidden_layer` (RMU)."""
+        return self.forget_loss.needs_hidden_states
+
+    @property
+    def needs_retain_hidden(self) -> bool:
+        """Whether the retain loss takes the hidden states at :attr:`hidden_layer`, the model's and the frozen one's."""
+        return self.uses_retain and self.retain_loss.needs_hidden_states
+
+    @property
     def needs_reference_forget_logits(self) -> bool:
         """Whether a step needs ``reference_forget_logits``, the frozen reference model's (UNDIAL's teacher)."""
         return self.forget_loss.needs_reference_logits
@@ -130,12 +150,12 @@ class UnlearningObjective:
     @property
     def needs_reference_retain_logits(self) -> bool:
         """Whether a step needs ``reference_retain_logits``, the frozen reference model's (the KL retain loss)."""
-        return self.uses_retain and self.retain_loss.needs_reference_model
+        return self.uses_retain and self.retain_loss.needs_reference_model and not self.retain_loss.needs_hidden_states
 
     @property
     def needs_reference_model(self) -> bool:
-        """Whether a live frozen reference model is needed (the KL retain loss, UNDIAL)."""
-        return self.needs_reference_retain_logits or self.needs_reference_forget_logits
+        """Whether a live frozen reference model is needed (the KL retain loss, UNDIAL, RMU's ``EmbedDiff``)."""
+        return self.needs_reference_retain_logits or self.needs_reference_forget_logits or self.needs_retain_hidden
 
     @property
     def needs_all_forget_positions(self) -> bool:
@@ -145,7 +165,7 @@ class UnlearningObjective:
     @property
     def needs_all_retain_positions(self) -> bool:
         """Whether the retain logits must cover every position, prompt and padding included (KL "reference")."""
-        return self.uses_retain and self.retain_loss.needs_all_positions
+        return self.uses_retain and self.retain_loss.needs_all_positions and not self.retain_loss.needs_hidden_states
 
     def retain_rows(
         self, n_forget: int, n_retain: int, *, step: int = 0, device: torch.device | None = None
@@ -173,6 +193,9 @@ class UnlearningObjective:
         reference_retain_logits: Tensor | None = None,
         alternate: TokenLogProbs | None = None,
         reference_alternate_nll: Tensor | None = None,
+        forget_hidden: Tensor | None = None,
+        retain_hidden: Tensor | None = None,
+        reference_retain_hidden: Tensor | None = None,
     ) -> ObjectiveOutput:
         """Evaluate the objective on one step's forget log-probs (and logits) and retain logits.
 
@@ -191,12 +214,19 @@ class UnlearningObjective:
             alternate: target log-probs of the forget rows' alternative answers (if :attr:`needs_alternate`).
             reference_alternate_nll: ``[B]`` summed NLL of those answers before unlearning (if
                 :attr:`needs_reference_alternate_nll`).
+            forget_hidden: ``[B, T, d]`` hidden states of the forget batch at :attr:`hidden_layer` (if
+                :attr:`needs_forget_hidden`; its labels are ``forget_labels``).
+            retain_hidden: ``[B', T', d]`` hidden states of the retain batch there (if :attr:`needs_retain_hidden`,
+                in place of ``retain_logits``).
+            reference_retain_hidden: the frozen reference model's (with ``retain_hidden``).
 
         Raises:
             ValueError: the objective has a retain term and ``retain_logits`` or ``retain_labels`` is missing, or the
                 forget loss needs logits that were not passed.
         """
-        if self.forget_loss.needs_logits:
+        if self.forget_loss.needs_hidden_states:
+            losses = self.forget_loss(forget, reference_nll, hidden=forget_hidden, labels=forget_labels)  # type: ignore[call-arg]
+        elif self.forget_loss.needs_logits:
             losses = self.forget_loss(
                 forget,
                 reference_nll,
@@ -212,7 +242,13 @@ class UnlearningObjective:
             losses = self.forget_loss(forget, reference_nll)
         aggregated = self.aggregator(losses)
         forget_term = aggregated.loss
-        if self.uses_retain:
+        if self.needs_retain_hidden:
+            if retain_hidden is None or retain_labels is None:
+                raise ValueError(
+                    "this objective's retain loss takes hidden states: pass retain_hidden and retain_labels"
+                )
+            retain_term = self.retain_loss(retain_hidden, retain_labels, reference_retain_hidden)
+        elif self.uses_retain:
             if retain_logits is None or retain_labels is None:
                 raise ValueError("this objective has a retain term: pass retain_logits and retain_labels")
             retain_term = self.retain_loss(retain_logits, retain_labels, reference_retain_logits)
