@@ -1,13 +1,18 @@
-"""Training step time of NPO, NPO + BalDRO-G and NPO + BalDRO-DV, and of the public code's compute pattern.
+"""Training step time of NPO with and without BalDRO, of the public code's patterns, and of the field's other methods.
+
+``--methods field`` times GradDiff, CE-U, UNDIAL, IdkNLL, IdkDPO and RMU, each composed as its preset, against NPO.
 
 Each step is a forward pass on a forget batch and a retain batch, the objective, backward and an AdamW step, on a
 randomly initialised Llama built from a config (no download). baldro-pl's path is ``UnlearningModule.compute_step``:
-one forward pass per side, the reference NLL read from the cache, BalDRO-G selecting inside the forward pass it
-already ran. The public pattern (nxZhai/BalDRO, open-unlearning) runs the frozen reference model on every forget
-batch, and BalDRO-G runs an extra selection pass (with graph) before a subset pass.
+one forward pass per side, the reference NLL read from the cache, BalDRO-G running a no-grad pass over the forget
+batch, then the gradient pass on the kept rows (and, for comparison,
+the one-pass form: the gradient pass over every row, the unkept ones at zero weight). The public pattern
+(nxZhai/BalDRO, open-unlearning) runs the frozen reference model on every forget batch, and BalDRO-G runs an extra
+selection pass (with graph) before a subset pass.
 
     python benchmarks/step_time.py                    # tiny model on CPU
     python benchmarks/step_time.py --hidden 2048 --layers 22 --device cuda --dtype bfloat16   # ~1.1B, GPU
+    python benchmarks/step_time.py --methods field    # NPO and the other methods, each as its preset composes it
 """
 
 from __future__ import annotations
@@ -21,7 +26,20 @@ import torch
 import torch.nn.functional as F
 
 from baldro_pl.modules import UnlearningModule
-from baldro_pl.objectives import NLL, NPO, BalDRODV, BalDROG, Mean
+from baldro_pl.objectives import (
+    CEU,
+    NLL,
+    NPO,
+    RMU,
+    UNDIAL,
+    BalDRODV,
+    BalDROG,
+    EmbedDiff,
+    GradAscent,
+    IdkDPO,
+    IdkNLL,
+    Mean,
+)
 from baldro_pl.toy import tiny_llama
 
 
@@ -74,6 +92,13 @@ def _public_step(model, reference, forget, retain, kind: str, beta: float, tau: 
     return forget_loss + retain_loss
 
 
+class _OnePassG(BalDROG):
+    """BalDRO-G in one gradient pass over the whole forget batch, the unkept rows at zero weight (before issue 13)."""
+
+    def selects_rows(self, batch_size: int) -> bool:
+        return False
+
+
 def run(args: argparse.Namespace) -> list[tuple[str, float, float]]:
     """Time every pattern: ``(name, median ms per step, peak GiB on CUDA or NaN)`` per pattern."""
     device = torch.device(args.device)
@@ -93,26 +118,55 @@ def run(args: argparse.Namespace) -> list[tuple[str, float, float]]:
     batch = {"forget": forget, "retain": retain}
     beta, tau, ratio = 0.1, 1.0, 0.5
 
-    def ours(aggregator):
-        module = UnlearningModule(copy.deepcopy(base), NPO(beta=beta), aggregator, NLL()).to(device)
-        module.configure_model()
-        module.reference_cache.build(module.model, [forget], device)
+    def ours(aggregator, forget_loss=None, retain_loss=None, alpha=1.0):
+        forget_loss = NPO(beta=beta) if forget_loss is None else forget_loss
+        retain_loss = NLL() if retain_loss is None else retain_loss
+        module = UnlearningModule(copy.deepcopy(base), forget_loss, aggregator, retain_loss, alpha=alpha).to(device)
+        module.configure_model()  # UNDIAL, RMU: the frozen copy; RMU: the direction and the trainable parameters
+        if module.objective.needs_reference_nll:
+            module.reference_cache.build(module.model, [forget], device)
+        if module.objective.needs_reference_alternate_nll:
+            module.reference_cache_alternate.build(module.model, [idk_batch["forget"]["alternate"]], device)
         params = [p for p in module.model.parameters() if p.requires_grad]
-        return lambda: module.compute_step(batch)[0].loss, params
+        step_batch = idk_batch if module.objective.needs_alternate else batch
+        return lambda: module.compute_step(step_batch)[0].loss, params
 
-    def public(kind):
+    def public(kind, rho=ratio):
         model = copy.deepcopy(base)
         reference = copy.deepcopy(base).eval().requires_grad_(False)
-        return lambda: _public_step(model, reference, forget, retain, kind, beta, tau, ratio), list(model.parameters())
+        return lambda: _public_step(model, reference, forget, retain, kind, beta, tau, rho), list(model.parameters())
 
-    cases = [
-        ("NPO (baldro-pl, cached reference)", lambda: ours(Mean())),
-        ("NPO + BalDRO-G (baldro-pl, one pass)", lambda: ours(BalDROG(ratio=ratio))),
+    # the idk methods' alternative answers: a short answer per forget row, indexed like the forget rows
+    alternate = _batch(args.batch, args.prompt + 16, args.vocab, args.prompt, device)
+    idk_batch = {"forget": {**forget, "alternate": alternate}, "retain": retain}
+    layer = min(7, args.layers - 1)  # RMU as its preset: a layer and the down-projections of it and the two before
+    layers = "|".join(str(i) for i in range(max(0, layer - 2), layer + 1))
+    trainable = [rf"model\.layers\.({layers})\.mlp\.down_proj\.weight"]
+    field = [
+        ("GradDiff (GradAscent + NLL retain)", lambda: ours(Mean(), GradAscent())),
+        ("CE-U (alpha 0)", lambda: ours(Mean(), CEU(), alpha=0.0)),
+        ("UNDIAL (frozen teacher, alpha 0)", lambda: ours(Mean(), UNDIAL(beta=10.0, positions="reference"), alpha=0.0)),
+        ("IdkNLL (+ NLL retain)", lambda: ours(Mean(), IdkNLL())),
+        ("IdkDPO (both reference NLLs cached)", lambda: ours(Mean(), IdkDPO(beta=0.1))),
+        (
+            f"RMU (layer {layer}, 3 down_proj trained, EmbedDiff)",
+            lambda: ours(Mean(), RMU(layer=layer, steering_coeff=300.0, trainable=trainable), EmbedDiff(), 1000.0),
+        ),
+    ]
+    dro = []
+    for rho in (0.5, 0.25, 0.75):
+        dro += [
+            (f"NPO + BalDRO-G {rho} (baldro-pl, two passes)", lambda rho=rho: ours(BalDROG(ratio=rho))),
+            (f"NPO + BalDRO-G {rho} (one pass, zero weights)", lambda rho=rho: ours(_OnePassG(ratio=rho))),
+            (f"NPO + BalDRO-G {rho} (public pattern)", lambda rho=rho: public("group", rho)),
+        ]
+    dro += [
         ("NPO + BalDRO-DV (baldro-pl)", lambda: ours(BalDRODV(temperature=tau))),
         ("NPO (public pattern: reference model every step)", lambda: public("mean")),
-        ("NPO + BalDRO-G (public pattern: selection + subset pass)", lambda: public("group")),
         ("NPO + BalDRO-DV (public pattern)", lambda: public("dv")),
     ]
+    cases = [("NPO (baldro-pl, cached reference)", lambda: ours(Mean()))]
+    cases += {"dro": dro, "field": field, "all": dro + field}[args.methods]
     results = []
     for name, build in cases:
         loss_fn, params = build()
@@ -150,6 +204,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--methods",
+        choices=("dro", "field", "all"),
+        default="dro",
+        help="dro: BalDRO and the public patterns; field: GradDiff, CE-U, UNDIAL, IdkNLL, IdkDPO, RMU; all: both",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

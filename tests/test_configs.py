@@ -78,6 +78,7 @@ MUSE_NAMES = [
         for method in (
             *("simnpo", "simnpo_group", "simnpo_dv", "simnpo_dv_release"),
             *("satimp", "satimp_group", "satimp_dv", "satimp_dv_release"),
+            "undial",
         )
     ),
 ]
@@ -287,7 +288,13 @@ for _corpus in ("news", "books"):
         f"{_corpus}_satimp_dv_release": Method(
             SatImp, SATIMP_ARGS, BalDRODV, {**DV_EASY, "unit": "token"}, "sequence", 1.0, 1.0, 4, 8
         ),
+        # open-unlearning's UNDIAL MUSE run (community/methods/UNDIAL/run.sh): batch 4 x 4, alpha 0
+        f"{_corpus}_undial": Method(
+            UNDIAL, {"beta": 10.0, "positions": "reference"}, Mean, {}, "token", 1.0, 0.0, 4, 4
+        ),
     }
+# the MUSE experiment's lr 1e-5 (UNDIAL's run takes it); every other MUSE preset: 5e-5
+MUSE_LEARNING_RATES = {"news_undial": 1e-5, "books_undial": 1e-5}
 
 
 def _check_objective(module: UnlearningModule, method: Method) -> None:
@@ -317,7 +324,8 @@ def _check_reference_training(cli, method: Method) -> None:
     assert cli.datamodule.batch_size == method.batch_size
     assert cli.datamodule.retain_batch_size == method.batch_size
     assert trainer.accumulate_grad_batches == method.accumulation
-    assert method.batch_size * method.accumulation == 32  # the reference runs' effective batch
+    # the reference runs' effective batch (UNDIAL's MUSE run: 16, as its README asks)
+    assert method.batch_size * method.accumulation == (16 if method.forget is UNDIAL and method.batch_size == 4 else 32)
     checkpoint = _callback(trainer, ModelCheckpoint)
     assert checkpoint.save_last == "link"
     assert checkpoint.save_on_exception is True
@@ -362,7 +370,7 @@ def test_muse_unlearning_preset_builds_the_parity_mapping(name: str, in_tmp: Pat
     assert cli.model.model_source == f"muse-bench/MUSE-{split}_target"
     _check_objective(cli.model, method)
     _check_reference_training(cli, method)
-    assert cli.model.learning_rate == 5e-5
+    assert cli.model.learning_rate == MUSE_LEARNING_RATES.get(name, 5e-5)
     assert (cli.model.weight_decay, cli.model.warmup_epochs, cli.model.lr_schedule) == (0.0, 0.0, "constant")
     data = cli.datamodule
     assert isinstance(data, MUSEDataModule)
@@ -491,6 +499,11 @@ for _corpus, _split in (("news", "News"), ("books", "Books")):
     RESOLVED[f"muse/{_corpus}_satimp_group"] = {**_MUSE_SATIMP, **_GROUP, **_TOKEN}
     RESOLVED[f"muse/{_corpus}_satimp_dv"] = {**_MUSE_SATIMP, **_dv("hard", "token"), **_SEQUENCE}
     RESOLVED[f"muse/{_corpus}_satimp_dv_release"] = {**_MUSE_SATIMP, **_dv("easy", "token"), **_SEQUENCE}
+    RESOLVED[f"muse/{_corpus}_undial"] = {
+        **_MUSE_CORPUS, "forget": ("baldro_pl.objectives.UNDIAL", {"beta": 10.0, "positions": "reference"}),
+        **_MEAN, **_TOKEN, "model.init_args.alpha": 0.0, "model.init_args.learning_rate": 1e-5,
+        "trainer.accumulate_grad_batches": 4,
+    }  # fmt: skip
 
 
 def _resolved(config: dict[str, Any], key: str) -> Any:

@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from baldro_pl.distributed import gather_ragged
 from baldro_pl.forward import teacher_forced_logits
 from baldro_pl.hf import load_causal_lm, load_tokenizer, resolve_source, write_hf_directory
 from baldro_pl.modules.optim import (
@@ -297,9 +298,10 @@ class CausalLMModule(pl.LightningModule):
     def log_histogram(self, tag: str, values: Tensor) -> None:
         """Gather ``values`` from every process and write a TensorBoard histogram on rank 0.
 
-        Collective under distributed training: every rank must call it at the same step.
+        Collective under distributed training: every rank must call it at the same step. The ranks may hold different
+        numbers of values (BalDRO-G's kept rows): they are gathered ragged.
         """
-        gathered = self.all_gather(values.detach().float().contiguous())
+        (gathered,) = gather_ragged(values.detach().float().reshape(-1).contiguous(), all_gather=self.all_gather)
         if self.trainer.is_global_zero:
             for logger in self.loggers:
                 if isinstance(logger, TensorBoardLogger):

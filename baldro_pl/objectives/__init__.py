@@ -14,6 +14,7 @@ from baldro_pl.objectives.base import (
     ForgetLosses,
     LogitForgetLoss,
     RetainLoss,
+    Selection,
 )
 from baldro_pl.objectives.forget import (
     NPO,
@@ -79,6 +80,7 @@ __all__ = [
     "ObjectiveOutput",
     "RetainLoss",
     "SatImp",
+    "Selection",
     "SimNPO",
     "TokenLogProbs",
     "UnlearningObjective",

@@ -27,8 +27,8 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from baldro_pl.distributed import gather_rows_with_grad, rank_world
-from baldro_pl.objectives.base import Aggregated, Aggregator, ForgetLosses
+from baldro_pl.distributed import gather_ragged, gather_rows_with_grad, rank_world
+from baldro_pl.objectives.base import Aggregated, Aggregator, ForgetLosses, Selection
 
 Scope = Literal["device", "global"]
 """Which samples a DRO aggregator weighs together: each process's micro-batch, or the micro-batch of all processes."""
@@ -381,6 +381,74 @@ class BalDROG(Aggregator):
     def group_size(self, batch_size: int) -> int:
         """``k = max(1, floor(ratio * batch_size))``."""
         return max(1, int(batch_size * self.ratio))
+
+    def selects_rows(self, batch_size: int) -> bool:
+        """Whether the module runs the two-pass step: a no-grad pass for the hardness, the gradient pass on ``k`` rows.
+
+        The two passes cost about ``1 + 3 k / B`` forward-equivalents against ``3`` for one gradient pass over the
+        whole batch whose unkept rows get zero weight: they win when ``k <= 2/3 B`` (measured: docs/benchmarks.md,
+        "BalDRO-G: two passes"), which covers the published ratio 0.5; above it the one pass is kept. Decided by
+        ``ratio <= 2/3`` alone, not by ``B``, so that every process takes the same path (the two paths' collectives
+        differ under ``scope="global"``) even when the last micro-batches differ in size.
+        """
+        return self.ratio <= 2 / 3
+
+    def select(self, hardness: Tensor) -> Selection:
+        """The rows to keep: the ``k`` of highest ``hardness`` (``-avg NLL``, detached), as :meth:`__call__` keeps.
+
+        Under ``scope="global"`` with several processes, the hardness of every process's rows is gathered (no
+        gradient; one collective on every process) and the ``k`` of the global micro-batch are kept; a process none of
+        whose rows is among them runs one stand-in row with zero weight (:class:`Selection`).
+
+        >>> sel = BalDROG(ratio=0.5).select(torch.tensor([-0.5, -3.0, -0.1, -2.0]))
+        >>> sel.rows.tolist(), sel.size
+        ([0, 2], 4)
+        """
+        hardness = hardness.detach()
+        n = hardness.shape[0]
+        rank, world = rank_world()
+        if self.scope != "global" or world == 1:
+            rows = torch.topk(hardness, k=self.group_size(n), largest=True, sorted=False).indices.sort().values
+            return Selection(rows, torch.ones_like(rows, dtype=torch.bool), rows, n)
+        owner, everyone = gather_ragged(torch.full((n,), rank, device=hardness.device), hardness)
+        start = int((owner < rank).sum())
+        top = torch.topk(everyone, k=self.group_size(everyone.shape[0]), largest=True, sorted=False).indices
+        mine = top[(top >= start) & (top < start + n)].sort().values
+        if mine.numel() == 0:  # a stand-in row, so that this process's backward reaches the model (zero weight)
+            rows = hardness.argmax().reshape(1)
+            live = torch.zeros(1, dtype=torch.bool, device=rows.device)
+            return Selection(rows, live, rows.new_full((1,), -1), everyone.shape[0])
+        return Selection(mine - start, torch.ones_like(mine, dtype=torch.bool), mine, everyone.shape[0])
+
+    def aggregate_selected(self, losses: ForgetLosses, selection: Selection) -> Aggregated:
+        """The BalDRO-G loss from the losses of the kept rows only (the gradient pass of the two-pass step).
+
+        The same value and gradient as :meth:`__call__` on the whole batch: the (sample or token) mean over the kept
+        rows; under ``scope="global"`` over the kept rows of every process, gathered with gradient
+        (:func:`~baldro_pl.distributed.gather_rows_with_grad`, whose backward gives DDP the single-process gradient).
+
+        Args:
+            losses: :class:`ForgetLosses` of the rows ``selection.rows``, in that order.
+            selection: what :meth:`select` returned.
+
+        Returns:
+            The loss and the ``[selection.size]`` weights (zero off the kept rows).
+        """
+        token = losses.reduction == "token"
+        live = selection.live
+        mass = (losses.n_tokens if token else torch.ones_like(losses.per_sample)) * live.to(losses.per_sample.dtype)
+        dtype = torch.promote_types(losses.per_sample.dtype, torch.float32)
+        value = torch.where(live, losses.per_sample, torch.zeros_like(losses.per_sample)).to(dtype)
+        columns = torch.stack([value, mass.detach().to(dtype), selection.positions.to(dtype)], dim=1)
+        if self.scope == "global":  # one process: unchanged
+            columns, _ = gather_rows_with_grad(columns)
+        value, weight, position = columns[:, 0], columns[:, 1].detach(), columns[:, 2].detach()
+        total = weight.sum().clamp(min=1)
+        loss = (value * weight).sum() / total
+        weights = torch.zeros(selection.size, dtype=torch.float32, device=value.device)
+        kept = position >= 0
+        weights[position[kept].long()] = (weight[kept] / total).float()
+        return Aggregated(loss.float(), weights)
 
     def __call__(self, losses: ForgetLosses) -> Aggregated:
         """The mean of the base loss over the ``k`` samples of highest hardness (lowest average NLL)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -57,6 +57,25 @@ class Aggregated:
 
     loss: Tensor
     weights: Tensor
+
+
+class Selection(NamedTuple):
+    """The forget rows BalDRO-G keeps for a step, chosen from a no-grad pass before the gradient pass.
+
+    Attributes:
+        rows: ``[m]`` this process's rows to run with gradient, ascending.
+        live: ``[m]`` bool, False only for the stand-in row of a process none of whose rows is kept (under
+            ``scope="global"``): it runs so that every process back-propagates through the model, with zero weight.
+        positions: ``[m]`` position of each row in the batch :attr:`size` counts (its own micro-batch, or the global
+            one in rank order), -1 for the stand-in row.
+        size: ``B`` (``scope="device"`` or one process) or ``N = sum_r B_r`` (``scope="global"``): the length of the
+            weights vector.
+    """
+
+    rows: Tensor
+    live: Tensor
+    positions: Tensor
+    size: int
 
 
 def safe_mean_nll(policy: TokenLogProbs) -> Tensor:
@@ -210,6 +229,23 @@ class Aggregator(ABC):
     @abstractmethod
     def __call__(self, losses: ForgetLosses) -> Aggregated:
         """The aggregated loss and the per-sample weights applied."""
+
+    def selects_rows(self, batch_size: int) -> bool:
+        """Whether this aggregator keeps only some forget rows, chosen before the step's gradient pass.
+
+        Only BalDRO-G does (with ``ratio < 1``): the module then runs a no-grad pass over the whole forget batch for
+        the hardness, asks :meth:`~baldro_pl.objectives.BalDROG.select` which rows to keep and runs the forward and
+        backward pass on those rows alone.
+        """
+        return False
+
+    def select(self, hardness: Tensor) -> Selection:
+        """The forget rows to keep, from the detached per-sample hardness (only where :meth:`selects_rows`)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps every forget row (selects_rows is False)")
+
+    def aggregate_selected(self, losses: ForgetLosses, selection: Selection) -> Aggregated:
+        """The aggregate from the losses of the rows :meth:`select` kept (only where :meth:`selects_rows`)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps every forget row (selects_rows is False)")
 
     def retain_rows(
         self, n_forget: int, n_retain: int, device: torch.device | None = None, *, step: int = 0

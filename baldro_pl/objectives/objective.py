@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from baldro_pl.objectives.aggregators import Mean
-from baldro_pl.objectives.base import Aggregator, ForgetLoss, RetainLoss, safe_mean_nll
+from baldro_pl.objectives.base import Aggregator, ForgetLoss, RetainLoss, Selection, safe_mean_nll
 from baldro_pl.objectives.logprobs import TokenLogProbs
 from baldro_pl.objectives.retain import NLL
 
@@ -27,7 +27,8 @@ class ObjectiveOutput:
         loss: scalar total loss ``gamma * forget_loss + alpha * retain_loss``.
         forget_loss: scalar aggregated forget loss.
         retain_loss: scalar retain loss (0 when there is no retain term).
-        per_sample_loss: ``[B]`` detached per-sample forget losses.
+        per_sample_loss: ``[B]`` detached per-sample forget losses (``[k]``, the kept rows', in the two-pass step of
+            BalDRO-G).
         weights: ``[B]`` detached aggregator weights (sum 1).
         hardness: ``[B]`` detached ``-avg NLL`` of each forget sample.
         avg_nll: ``[B]`` detached per-token average NLL ``avg_i = NLL_i / max(n_i, 1)`` of each forget sample
@@ -167,6 +168,18 @@ class UnlearningObjective:
         """Whether the retain logits must cover every position, prompt and padding included (KL "reference")."""
         return self.uses_retain and self.retain_loss.needs_all_positions and not self.retain_loss.needs_hidden_states
 
+    def selects_forget_rows(self, batch_size: int) -> bool:
+        """Whether a step keeps only some forget rows, chosen by a no-grad pass first (BalDRO-G, ``ratio < 1``).
+
+        The module then runs :meth:`select_forget_rows` on the whole batch's log-probs and the gradient pass on the
+        kept rows alone, and passes both to :meth:`__call__` (``selection``, ``selected_from``).
+        """
+        return self.aggregator.selects_rows(batch_size)
+
+    def select_forget_rows(self, forget: TokenLogProbs) -> Selection:
+        """The forget rows the aggregator keeps, from the no-grad log-probs of the whole forget batch."""
+        return self.aggregator.select(-safe_mean_nll(forget).detach())
+
     def retain_rows(
         self, n_forget: int, n_retain: int, *, step: int = 0, device: torch.device | None = None
     ) -> Tensor | None:
@@ -196,6 +209,8 @@ class UnlearningObjective:
         forget_hidden: Tensor | None = None,
         retain_hidden: Tensor | None = None,
         reference_retain_hidden: Tensor | None = None,
+        selection: Selection | None = None,
+        selected_from: TokenLogProbs | None = None,
     ) -> ObjectiveOutput:
         """Evaluate the objective on one step's forget log-probs (and logits) and retain logits.
 
@@ -219,6 +234,10 @@ class UnlearningObjective:
             retain_hidden: ``[B', T', d]`` hidden states of the retain batch there (if :attr:`needs_retain_hidden`,
                 in place of ``retain_logits``).
             reference_retain_hidden: the frozen reference model's (with ``retain_hidden``).
+            selection: the rows :meth:`select_forget_rows` kept; every forget input above then holds those rows only
+                (the two-pass step of BalDRO-G), and the output's weights cover the whole batch.
+            selected_from: with ``selection``, the no-grad log-probs of the whole forget batch (the hardness and
+                average NLL of every row come from them).
 
         Raises:
             ValueError: the objective has a retain term and ``retain_logits`` or ``retain_labels`` is missing, or the
@@ -240,7 +259,11 @@ class UnlearningObjective:
             )
         else:
             losses = self.forget_loss(forget, reference_nll)
-        aggregated = self.aggregator(losses)
+        if selection is None:
+            aggregated = self.aggregator(losses)
+        else:
+            aggregated = self.aggregator.aggregate_selected(losses, selection)
+        whole = forget if selected_from is None else selected_from
         forget_term = aggregated.loss
         if self.needs_retain_hidden:
             if retain_hidden is None or retain_labels is None:
@@ -261,8 +284,8 @@ class UnlearningObjective:
             retain_loss=retain_term,
             per_sample_loss=losses.per_sample.detach(),
             weights=aggregated.weights.detach(),
-            hardness=losses.hardness,
-            avg_nll=safe_mean_nll(forget).detach(),
+            hardness=losses.hardness if selected_from is None else -safe_mean_nll(whole).detach(),
+            avg_nll=safe_mean_nll(whole).detach(),
         )
 
     def __repr__(self) -> str:

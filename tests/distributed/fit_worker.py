@@ -6,7 +6,8 @@ reference cache, the FSDP units, and whether the frozen reference model stayed u
 FSDP strategies start the other processes by re-running this script (``sys.argv``), which cannot work from inside
 pytest, hence the separate script.
 
-Usage: python fit_worker.py SPEC.json   (see ``test_distributed.py`` for the keys)
+Usage: python fit_worker.py SPEC.json   (see ``test_distributed.py`` for the keys; ``aggregator``: ``dv`` or ``group``
+for BalDRO over the global batch instead of the mean)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from baldro_pl.callbacks import HFExport
 from baldro_pl.datamodules import TOFUDataModule
 from baldro_pl.modules import UnlearningModule
-from baldro_pl.objectives import KL, NLL, NPO, GradAscent, Mean
+from baldro_pl.objectives import KL, NLL, NPO, BalDRODV, BalDROG, GradAscent, Mean
 from baldro_pl.strategies import HFFSDPStrategy
 
 
@@ -67,8 +68,15 @@ def main(spec_path: str) -> None:
     if spec.get("kl"):
         module = UnlearningModule(spec["model"], GradAscent(), Mean(), KL(), learning_rate=1e-3, warmup_epochs=0)
     else:
+        # "dv" / "group": BalDRO over the global batch (scope "global", the default); G keeps every retain row, whose
+        # random subset would otherwise differ between 1 and 2 processes
+        aggregator = {
+            None: Mean(),
+            "dv": BalDRODV(temperature=1.0),
+            "group": BalDROG(ratio=0.5, subsample_retain=False),
+        }[spec.get("aggregator")]
         module = UnlearningModule(
-            spec["model"], NPO(beta=0.1), Mean(), NLL(per="sequence"), learning_rate=1e-3, warmup_epochs=0
+            spec["model"], NPO(beta=0.1), aggregator, NLL(per="sequence"), learning_rate=1e-3, warmup_epochs=0
         )
     data = TOFUDataModule(
         data_dir=spec["data"], forget_split="forget10", tokenizer=spec["model"], batch_size=spec["batch_size"], seed=3

@@ -4,8 +4,8 @@ Each run is a subprocess running ``fit_worker.py`` (Lightning re-launches that s
 NPO + Mean + NLL(per="sequence"): both terms are sample means, so with the same global batch the data-parallel
 gradient (the average of per-rank gradients over equal shards) is exactly the single-process gradient, and the loss
 trajectories agree up to float32 reduction order. Tolerance: relative 1e-4 on every step's loss over 6 steps.
-(BalDRO-DV/-G are not used here on purpose: they aggregate per process, so they are a different objective under
-data parallelism; see README "Scaling out".)
+BalDRO-DV and -G over the global batch (``scope="global"``, the default) are run the same way: 2 processes x 4 rows
+give the weights of 1 process x 8 rows (README "Scaling out"; step-level parity: test_global_dro.py).
 """
 
 from __future__ import annotations
@@ -87,6 +87,41 @@ def test_ddp_two_processes_match_one_process(setup_dirs, single_process) -> None
     # the reference NLL is computed shard-wise and gathered: every process holds all forget samples
     assert [r["reference_cache_size"] for r in ddp] == [N_FORGET, N_FORGET]
     assert ddp[0]["losses"] != ddp[1]["losses"]  # the ranks really saw different shards
+
+
+@pytest.mark.parametrize("aggregator", ["dv", "group"])
+def test_global_baldro_under_ddp_trains_the_weights_of_one_process(setup_dirs, aggregator: str) -> None:
+    """Through Lightning's Trainer: BalDRO weighs / selects over both processes' rows, as one process over all 8."""
+    root, data, model = setup_dirs
+    common = dict(data=data, model=model, aggregator=aggregator, epochs=1)
+    one = _run(
+        root,
+        f"{aggregator}_1",
+        **common,
+        devices=1,
+        strategy="auto",
+        batch_size=8,
+        export=str(root / f"{aggregator}_e1"),
+    )
+    two = _run(
+        root,
+        f"{aggregator}_2",
+        **common,
+        devices=2,
+        strategy="ddp",
+        batch_size=4,
+        export=str(root / f"{aggregator}_e2"),
+    )
+    assert len(one[0]["losses"]) == 3 == len(two[0]["losses"])
+    # each process's loss is the global forget term + its own retain term: their mean is the one-process loss
+    assert _global_losses(two) == pytest.approx(one[0]["losses"], rel=1e-5)
+    single, ddp = _weights(root / f"{aggregator}_e1"), _weights(root / f"{aggregator}_e2")
+    moved = max((single[name] - value).abs().max().item() for name, value in _weights(Path(model)).items())
+    assert moved > 1e-4  # the weights really changed
+    for name, value in single.items():
+        # Adam divides by sqrt(v): on lm_head rows whose gradients are ~0 the reduction order moves the update by
+        # up to ~1e-5, against a move of 3e-3 (3 steps at lr 1e-3)
+        torch.testing.assert_close(ddp[name], value, rtol=1e-4, atol=3e-5, msg=name)
 
 
 def test_fsdp_on_cpu_matches_one_process_and_resumes_from_a_sharded_checkpoint(setup_dirs, single_process) -> None:

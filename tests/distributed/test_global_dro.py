@@ -7,6 +7,9 @@ gradients after DDP's average must equal the single-process gradients (so must t
 1e-5. The retain term is ``NLL(per="sequence")``, a sample mean, so its DDP average is the single-process value.
 Also with gradient accumulation (2 micro-batches of 2 x 4 against 2 of 8: "global" is the micro-batch of both
 processes at one accumulation step), and ``scope="device"`` as the control that the comparison can fail.
+BalDRO-G also as the module runs it (``*_two_pass``, issue 13): a no-grad pass over each process's rows, the global
+selection, the gradient pass on the kept rows only, against the single-process one-pass value; with ratio 1/8 one
+process keeps no row and back-propagates a stand-in row with zero weight.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from baldro_pl.forward import forward_logprobs
+from baldro_pl.modules.unlearning import select_rows
 from baldro_pl.objectives import NLL, NPO, BalDRODV, BalDROG, GradAscent, UnlearningObjective
 from baldro_pl.toy import tiny_llama
 
@@ -54,7 +58,10 @@ CASES = {
     "dv_token": (GradAscent(), dict(cls=BalDRODV, temperature=0.5, unit="token")),
     "g": (NPO(beta=0.5), dict(cls=BalDROG, ratio=0.5, subsample_retain=False)),  # keeps 1 row of rank 0, 3 of rank 1
     "g_token": (GradAscent(), dict(cls=BalDROG, ratio=0.375, subsample_retain=False)),  # 3 of 8; 1 of 4 per rank
+    "g_one": (NPO(beta=0.5), dict(cls=BalDROG, ratio=0.125, subsample_retain=False)),  # 1 of 8: one rank keeps none
 }
+# the two-pass step of UnlearningModule.compute_step, compared with the one-pass value of the same case
+TWO_PASS = {f"{case}_two_pass": case for case in ("g", "g_token", "g_one")}
 
 
 class Step(nn.Module):
@@ -76,11 +83,34 @@ class Step(nn.Module):
         return out.loss, out.forget_loss, out.weights
 
 
+class TwoPassStep(Step):
+    """BalDRO-G as the module runs it: no-grad pass, selection, the gradient pass on the kept rows alone."""
+
+    def forward(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        forget = {k: v[rows] for k, v in FORGET.items()}
+        retain = {k: v[rows] for k, v in RETAIN.items()}
+        with torch.no_grad():
+            whole = forward_logprobs(self.model, **forget)
+        selection = self.objective.select_forget_rows(whole)
+        policy = forward_logprobs(self.model, **select_rows(forget, selection.rows))
+        retain_logits = self.model(input_ids=retain["input_ids"], attention_mask=retain["attention_mask"]).logits
+        out = self.objective(
+            policy,
+            reference_nll=REFERENCE_NLL[rows][selection.rows],
+            retain_logits=retain_logits,
+            retain_labels=retain["labels"],
+            selection=selection,
+            selected_from=whole,
+        )
+        return out.loss, out.forget_loss, out.weights
+
+
 def _step(case: str, scope: str) -> Step:
-    forget_loss, spec = CASES[case]
+    forget_loss, spec = CASES[TWO_PASS.get(case, case)]
     spec = dict(spec)
     aggregator = spec.pop("cls")(**spec, scope=scope)
-    return Step(UnlearningObjective(forget_loss, aggregator, NLL(per="sequence"), gamma=1.0, alpha=0.5))
+    objective = UnlearningObjective(forget_loss, aggregator, NLL(per="sequence"), gamma=1.0, alpha=0.5)
+    return (TwoPassStep if case in TWO_PASS else Step)(objective)
 
 
 def _run(step: nn.Module, micro_batches: list[slice], sync: list[bool]) -> dict:
@@ -104,7 +134,8 @@ def _rank_rows(rank: int, accumulation: int) -> list[slice]:
     return [slice(8 * j + PER_RANK * rank, 8 * j + PER_RANK * (rank + 1)) for j in range(accumulation)]
 
 
-RUNS = [(case, "global", 1) for case in CASES] + [("dv", "global", 2), ("g", "global", 2)]
+RUNS = [(case, "global", 1) for case in [*CASES, *TWO_PASS]] + [("dv", "global", 2), ("g", "global", 2)]
+RUNS += [("g_two_pass", "global", 2)]
 RUNS += [("dv", "device", 1), ("g", "device", 1)]
 
 
@@ -132,8 +163,9 @@ def two_processes(tmp_path_factory) -> list[dict]:
 
 
 def _single(case: str, accumulation: int) -> dict:
+    """One process, one pass over all 8 rows (for a two-pass case: its one-pass case)."""
     rows = [slice(8 * j, 8 * (j + 1)) for j in range(accumulation)]
-    return _run(_step(case, "global"), rows, [True] * accumulation)
+    return _run(_step(TWO_PASS.get(case, case), "global"), rows, [True] * accumulation)
 
 
 def _assert_same_grads(got: dict, expected: dict) -> None:
@@ -142,7 +174,10 @@ def _assert_same_grads(got: dict, expected: dict) -> None:
         torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-7, msg=name)
 
 
-@pytest.mark.parametrize(("case", "accumulation"), [(case, 1) for case in CASES] + [("dv", 2), ("g", 2)])
+@pytest.mark.parametrize(
+    ("case", "accumulation"),
+    [(case, 1) for case in [*CASES, *TWO_PASS]] + [("dv", 2), ("g", 2), ("g_two_pass", 2)],
+)
 def test_global_scope_on_two_processes_is_one_process_on_the_concatenated_batch(two_processes, case, accumulation):
     single = _single(case, accumulation)
     for result in (r[case, "global", accumulation] for r in two_processes):
@@ -167,3 +202,11 @@ def test_device_scope_differs_so_the_comparison_can_fail(two_processes, case) ->
 
 def test_g_keeps_a_share_of_the_global_number_of_retain_rows_on_each_process(two_processes) -> None:
     assert [r["retain_rows"] for r in two_processes] == [2, 1]
+
+
+def test_two_pass_with_ratio_one_eighth_leaves_one_process_without_kept_rows(two_processes) -> None:
+    """The case the stand-in row exists for: the global k = 1 row lies on one process only."""
+    kept = [int((r["g_one_two_pass", "global", 1]["weights"][0] > 0).sum()) for r in two_processes]
+    assert kept == [1, 1]  # both ranks report the global weights: one row of 8
+    single = _single("g_one", 1)["weights"][0]
+    assert int(single.nonzero()[0, 0]) // PER_RANK in (0, 1)
