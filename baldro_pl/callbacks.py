@@ -1,4 +1,8 @@
-"""Training callbacks that are not metrics: export as a Hugging Face directory, a stop on a non-finite loss."""
+"""Training callbacks that are not metrics.
+
+Export as a Hugging Face directory, the TensorBoard HParams table, a stop on a non-finite loss, and the checkpoint of
+the best evaluated epoch.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from baldro_pl.strategies import full_module_state_dict
 
@@ -130,10 +135,11 @@ class StopOnNonFinite(Callback):
 
     The weights are never updated with that loss, and no checkpoint is written for the failed step: the
     ``save_on_exception`` checkpoint of :class:`~lightning.pytorch.callbacks.ModelCheckpoint` is skipped, so
-    ``last.ckpt`` stays the last periodic checkpoint, written while the loss was finite. The flag is reduced across
-    processes, so every DDP/FSDP rank stops at the same step. Raises :class:`NonFiniteLossError`, whose message names
-    the step (``trainer.global_step``: optimiser steps done) and the last finite loss. ``baldro-pl fit`` adds it to
-    every run.
+    ``last.ckpt`` stays the last periodic checkpoint, written while the loss was finite. The presets write
+    ``last.ckpt`` only when training ends (docs/presets.md, "Checkpoints and evaluation cadence"), so with their
+    defaults a diverging run leaves none; the message says which. The flag is reduced across processes, so every
+    DDP/FSDP rank stops at the same step. Raises :class:`NonFiniteLossError`, whose message names the step
+    (``trainer.global_step``: optimiser steps done) and the last finite loss. ``baldro-pl fit`` adds it to every run.
     """
 
     def __init__(self) -> None:
@@ -161,12 +167,106 @@ class StopOnNonFinite(Callback):
             last = f"last finite loss {float(previous.float().mean()):.6g} at step {step}"
         own = f"{value}" if not math.isfinite(value) else "non-finite on another process"
         # keep ModelCheckpoint(save_on_exception=True) from writing the failed step as last.ckpt
-        from lightning.pytorch.callbacks import ModelCheckpoint
+        checkpoints = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
+        for callback in checkpoints:
+            callback.save_on_exception = False
+        if any(c.last_model_path or c.best_model_path for c in checkpoints):
+            advice = "the checkpoints on disk keep finite weights (lower the learning rate, or resume from last.ckpt "
+            advice += "with another setting)"
+        else:
+            advice = "no checkpoint was written before it (lower the learning rate and run again)"
+        raise NonFiniteLossError(f"training loss is {own} at {where}; {last}. Stopped before the update: {advice}")
 
-        for callback in trainer.callbacks:
-            if isinstance(callback, ModelCheckpoint):
-                callback.save_on_exception = False
-        raise NonFiniteLossError(
-            f"training loss is {own} at {where}; {last}. Stopped before the update: the checkpoints on disk "
-            "keep finite weights (lower the learning rate, or resume from last.ckpt with another setting)"
+
+class BestCheckpoint(ModelCheckpoint):
+    """One checkpoint of the best evaluated epoch (``best.ckpt``), weights only by default.
+
+    A :class:`~lightning.pytorch.callbacks.ModelCheckpoint` (``save_top_k=1``) that is considered only after the
+    training epochs at which an evaluation callback (:class:`~baldro_pl.metrics.Evaluation`) evaluated and logged the
+    monitored metric: the evaluation's ``every_n_epochs`` is the one cadence to set, and an epoch without an
+    evaluation (whose logged value would be the previous evaluation's) writes nothing. The file is replaced in place
+    when a later evaluation scores strictly better; the best score is kept in the resume checkpoint, so a run resumed
+    in the same folder (``--ckpt_path last``) goes on comparing with it. When the evaluation does not compute the
+    metric (TOFU's forget quality needs the retain model's log), nothing is written, and that is said once.
+
+    Weights only by default: with bf16 weights and fp32 Adam moments a parameter takes 2 bytes here and 10 in a full
+    checkpoint. ``baldro-pl export`` turns it into a Hugging Face directory; resuming needs the optimiser state, that
+    is ``last.ckpt`` of the run's other ``ModelCheckpoint``. Lightning runs checkpoint callbacks after the others,
+    so the epoch's evaluation has logged its scalars when this one looks.
+
+    Args:
+        monitor: the logged metric to rank by: an ``eval/<metric>`` scalar of the evaluation callback (default
+            ``eval/forget_quality_log10``, TOFU's forget quality as log10, which keeps its order below float32's
+            range), or any other logged key (then only its presence in ``trainer.callback_metrics`` is checked).
+        mode: ``"max"`` (higher is better) or ``"min"``.
+        filename: the file name without ``.ckpt`` (Lightning's ``{epoch}`` / ``{step}`` placeholders work).
+        dirpath: the folder (default: the run's ``checkpoints/``, beside ``last.ckpt``).
+        save_weights_only: ``False`` writes the optimiser state too (a full checkpoint, resumable).
+        verbose: say at every evaluation whether the checkpoint was replaced.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "eval/forget_quality_log10",
+        mode: str = "max",
+        filename: str = "best",
+        dirpath: str | None = None,
+        save_weights_only: bool = True,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename=filename,
+            monitor=monitor,
+            mode=mode,
+            verbose=verbose,
+            save_top_k=1,
+            save_last=False,
+            save_weights_only=save_weights_only,
+            every_n_epochs=1,
+            save_on_train_epoch_end=True,  # after the epoch's evaluation, whether Lightning's validation runs or not
         )
+        self._said_missing = False
+
+    @staticmethod
+    def _epoch_evaluations(trainer: pl.Trainer) -> list:
+        """The evaluation records written at the end of this epoch (``Evaluation.evaluations``, tag ``epoch_<n>``)."""
+        tag = f"epoch_{trainer.current_epoch}"
+        latest = [c.evaluations[-1] for c in trainer.callbacks if getattr(c, "evaluations", None)]
+        return [record for record in latest if record.tag == tag]
+
+    def _fresh_value(self, records: list, logged: dict) -> bool:
+        """Whether this epoch's evaluation logged the monitored metric (not an earlier evaluation's value)."""
+        if not records or self.monitor not in logged:
+            return False
+        if not self.monitor.startswith("eval/"):
+            return True
+        # eval/<metric> is logged only when the evaluation gave <metric> a finite value (eval/forget_quality_log10: a
+        # positive forget quality); otherwise trainer.callback_metrics still holds an earlier evaluation's
+        metric = self.monitor.removeprefix("eval/")
+        for record in records:
+            value = record.summary.get(metric)
+            if value is None and metric.endswith("_log10"):
+                value = record.summary.get(metric.removesuffix("_log10"))
+                value = math.log10(value) if isinstance(value, int | float) and value > 0 else None
+            if isinstance(value, int | float) and math.isfinite(value):
+                return True
+        return False
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Consider the epoch's weights if its evaluation gave the metric a value (every rank decides alike)."""
+        records = self._epoch_evaluations(trainer)
+        fresh = self._fresh_value(records, trainer.callback_metrics)
+        if trainer.strategy.reduce_boolean_decision(fresh, all=True):
+            super().on_train_epoch_end(trainer, pl_module)
+        elif records and not self._said_missing:
+            self._said_missing = True
+            if trainer.is_global_zero:
+                log.warning(
+                    "BestCheckpoint: the evaluation did not give %s a value (for forget quality: is the retain "
+                    "model's log set?); no best checkpoint is written, last.ckpt is the run's checkpoint",
+                    self.monitor,
+                )
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Nothing: the checkpoint follows the evaluation callback, not Lightning's validation loop."""

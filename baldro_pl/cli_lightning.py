@@ -625,11 +625,16 @@ def _version_number(path: Path) -> int:
 
 
 def _checkpoint_in(version_dir: Path) -> Path | None:
-    """``checkpoints/last.ckpt`` of a run version, else its newest checkpoint (file or sharded directory)."""
+    """``checkpoints/last.ckpt`` of a run version, else its newest resumable checkpoint (file or sharded directory).
+
+    ``best*.ckpt`` (:class:`~baldro_pl.callbacks.BestCheckpoint`: weights only) cannot resume a run and is skipped.
+    """
     folder = version_dir / "checkpoints"
     if (folder / "last.ckpt").exists():
         return folder / "last.ckpt"
-    found = [p for p in folder.glob("*.ckpt") if p.exists()] if folder.is_dir() else []
+    found = (
+        [p for p in folder.glob("*.ckpt") if p.exists() and not p.name.startswith("best")] if folder.is_dir() else []
+    )
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 

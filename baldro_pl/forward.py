@@ -4,15 +4,22 @@ Training (:meth:`baldro_pl.modules.base.CausalLMModule.batch_logits`), the refer
 and gradnorm all call :func:`teacher_forced_logits` (or :func:`forward_logprobs` on top of it), so that
 ``logits_to_keep`` (the LM head applied only from the earliest target position on) and the call's arguments exist
 once. The objectives (:mod:`baldro_pl.objectives`) never call a model: they take these logits or log-probs.
+
+:func:`forward_logprobs` with ``chunk_size`` is the lean variant: the model's LM head is stood in for, during the
+one call, by a module that turns the final hidden states into the target log-probs chunk by chunk
+(:func:`~baldro_pl.objectives.logprobs.chunked_token_logprobs`), so the ``[B, L, V]`` logits never exist.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
 from baldro_pl.labels import IGNORE_INDEX
-from baldro_pl.objectives.logprobs import TokenLogProbs, token_logprobs
+from baldro_pl.objectives.logprobs import TokenLogProbs, chunked_token_logprobs, token_logprobs
 
 
 def logits_to_keep_for(labels: Tensor, ignore_index: int = IGNORE_INDEX) -> int:
@@ -44,6 +51,105 @@ def teacher_forced_logits(
     return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep).logits
 
 
+def check_chunk_size(value: object, setting: str = "chunk_size") -> int | None:
+    """``value`` if it is a valid log-prob chunk size (a positive int, or None for the full logits), else raise.
+
+    Args:
+        value: the setting's value.
+        setting: its name, for the error message.
+
+    Raises:
+        ValueError: ``value`` is neither None nor an int > 0 (a bool is refused too).
+    """
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return value
+    raise ValueError(
+        f"{setting} must be a positive int (target tokens whose logits are computed at once) or None (the whole "
+        f"batch's logits at once), got {value!r}"
+    )
+
+
+class _LogProbHead(torch.nn.Module):
+    """Stands in for a causal LM's head during one forward call: hidden states in, target log-probs out.
+
+    Receives the final hidden states ``[B, L, H]`` (already cut by ``logits_to_keep``) and returns the ``[B, L - 1]``
+    target log-probs of :func:`~baldro_pl.objectives.logprobs.chunked_token_logprobs`, which the model hands back
+    as its ``.logits``. The real head is used inside it (an ``nn.Linear`` through its weight and bias, which the
+    backward reads again, as ``nn.Linear``'s own backward does; any other head module is called per chunk) but is
+    not registered as a submodule: the model's parameters stay where they are. Under FSDP1
+    (:mod:`baldro_pl.strategies`) the head's weight is gathered for the forward of the unit that owns it and
+    gathered again by that unit's pre-backward hook (on its outputs, these log-probs among them) before the backward
+    reads it.
+    """
+
+    def __init__(self, head: torch.nn.Module, labels: Tensor, chunk_size: int, ignore_index: int) -> None:
+        super().__init__()
+        self.__dict__["head"] = head  # not a submodule
+        self.labels = labels
+        self.chunk_size = chunk_size
+        self.ignore_index = ignore_index
+        self.result: TokenLogProbs | None = None
+        self.version = -1
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """``[B, L - 1]`` log p of each target token (0 off the targets), from ``[B, L, H]`` hidden states."""
+        if self.result is not None:
+            raise RuntimeError("the log-prob head was called twice in one forward pass")
+        self.result = chunked_token_logprobs(hidden, self.head, self.labels, self.chunk_size, self.ignore_index)
+        self.version = self.result.logp._version
+        return self.result.logp
+
+    def take(self, model: torch.nn.Module, logits: Tensor) -> TokenLogProbs:
+        """The log-probs, once checked to be what the model returned as ``.logits``, untouched.
+
+        Raises:
+            ValueError: the model never called its head, or changed its output (soft-capping, scaling, ...).
+        """
+        name = type(getattr(model, "module", model)).__name__
+        result = self.result
+        if result is None:
+            raise ValueError(f"{name}: the forward pass did not call get_output_embeddings(); chunk_size needs it")
+        if logits is not result.logp or logits._version != self.version:
+            raise ValueError(
+                f"{name} post-processes its LM head's output (e.g. logit soft-capping or scaling), which the "
+                f"chunked log-probs cannot reproduce: use chunk_size=None (logprob_chunk_size: null) with this model"
+            )
+        return result
+
+
+@contextmanager
+def logprob_head(
+    model: torch.nn.Module, labels: Tensor, chunk_size: int, ignore_index: int = IGNORE_INDEX
+) -> Iterator[_LogProbHead]:
+    """Within the block, ``model``'s LM head returns the target log-probs of ``labels`` instead of logits.
+
+    The head (``model.get_output_embeddings()``) is replaced with ``model.set_output_embeddings`` and put back on
+    leaving the block, even on error. The model is then called as usual inside its own ``forward`` (which under
+    FSDP gathers the head's weight), and ``.take(model, output.logits)`` returns the checked
+    :class:`~baldro_pl.objectives.logprobs.TokenLogProbs`.
+
+    Args:
+        model: a Hugging Face causal LM (possibly FSDP-wrapped) whose forward passes its head's output on unchanged.
+        labels: ``[B, T]`` labels of the batch, ``ignore_index`` on unscored positions.
+        chunk_size: target tokens per chunk (:func:`~baldro_pl.objectives.logprobs.chunked_token_logprobs`).
+        ignore_index: label value of unscored positions.
+
+    Raises:
+        ValueError: the model has no output embedding.
+    """
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if get_head is not None else None
+    if head is None:
+        name = type(getattr(model, "module", model)).__name__
+        raise ValueError(f"{name} has no output embedding (get_output_embeddings()): chunk_size needs an LM head")
+    stand_in = _LogProbHead(head, labels, chunk_size, ignore_index)
+    model.set_output_embeddings(stand_in)
+    try:
+        yield stand_in
+    finally:
+        model.set_output_embeddings(head)
+
+
 def forward_logprobs(
     model: torch.nn.Module,
     input_ids: Tensor,
@@ -51,11 +157,40 @@ def forward_logprobs(
     labels: Tensor,
     *,
     trim_logits: bool = True,
+    chunk_size: int | None = None,
 ) -> TokenLogProbs:
     """One teacher-forced forward pass, returning the target log-probs (fp32, shifted, masked).
 
     With ``trim_logits`` the LM head is applied only from the earliest target position on (``logits_to_keep``),
     which gives identical values and saves the prompt part of the ``[B, T, V]`` logits.
+
+    With ``chunk_size`` the ``[B, L, V]`` logits are never materialised: during the call the model's head is stood
+    in for by :func:`logprob_head`, which applies the real head and the cross-entropy to the target tokens' hidden
+    states only, ``chunk_size`` of them at a time, recomputing each chunk in the backward
+    (:func:`~baldro_pl.objectives.logprobs.chunked_token_logprobs`). Same values and gradients as without it
+    (within fp32 rounding); the model's forward must pass its head's output through unchanged (Llama, Mistral,
+    Qwen2/3, Phi-3, OLMo-2 and SmolLM3 do in transformers 5.24; Gemma-2's soft-capping, Cohere's or Granite's
+    scaling do not: the call then fails with an error naming the model class, checked on the output itself).
+
+    Args:
+        model: a Hugging Face causal LM.
+        input_ids: ``[B, T]`` token ids.
+        attention_mask: ``[B, T]`` 1 on real tokens.
+        labels: ``[B, T]`` labels, ``IGNORE_INDEX`` on unscored positions.
+        trim_logits: score only from the earliest target position on (else every position is run through the head).
+        chunk_size: None (the whole batch's logits at once) or the number of target tokens whose logits exist at
+            once.
+
+    Returns:
+        :class:`~baldro_pl.objectives.logprobs.TokenLogProbs` of shape ``[B, L - 1]``.
+
+    Raises:
+        ValueError: a bad ``chunk_size``, or a model whose forward post-processes its head's output.
     """
-    logits = teacher_forced_logits(model, input_ids, attention_mask, labels, all_positions=not trim_logits)
-    return token_logprobs(logits, labels)
+    if check_chunk_size(chunk_size) is None:
+        logits = teacher_forced_logits(model, input_ids, attention_mask, labels, all_positions=not trim_logits)
+        return token_logprobs(logits, labels)
+    keep = logits_to_keep_for(labels) if trim_logits else 0
+    with logprob_head(model, labels, chunk_size) as head:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep)
+    return head.take(model, out.logits)

@@ -167,6 +167,8 @@ def run(args: argparse.Namespace) -> list[tuple[str, float, float]]:
     ]
     cases = [("NPO (baldro-pl, cached reference)", lambda: ours(Mean()))]
     cases += {"dro": dro, "field": field, "all": dro + field}[args.methods]
+    if args.only:
+        cases = [case for case in cases if case is cases[0] or args.only in case[0]]
     results = []
     for name, build in cases:
         loss_fn, params = build()
@@ -204,6 +206,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--only", default=None, help="run only the patterns whose name contains this (and NPO)")
     parser.add_argument(
         "--methods",
         choices=("dro", "field", "all"),

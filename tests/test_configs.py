@@ -6,7 +6,10 @@
 * the unlearning presets build the objective objects of the parity mapping (tests/objectives/test_reference_parity.py)
   with the reference hyperparameters, without loading a model (hub names are resolved only when a model is loaded);
 * ``baldro-pl fit -c configs/demo.yaml`` trains a few steps on the demo's tiny model, and
-  ``baldro-pl test -c configs/tofu/eval.yaml`` evaluates it, both through the console entry point.
+  ``baldro-pl test -c configs/tofu/eval.yaml`` evaluates it, both through the console entry point;
+* the training presets' checkpoints and evaluation cadence (docs/presets.md, "Checkpoints and evaluation cadence"):
+  Lightning's validation loop off, ``last.ckpt`` resumable and written at the end, ``best.ckpt`` (TOFU, the demo)
+  weights only, written only after the epochs the evaluation callback evaluated.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from presets import preset_args
 
-from baldro_pl.callbacks import HFExport
+from baldro_pl.callbacks import BestCheckpoint, HFExport
 from baldro_pl.cli import lightning_cli, main
 from baldro_pl.datamodules import FinetuneDataModule, MUSEDataModule, TOFUDataModule
 from baldro_pl.metrics import Evaluation, MUSESuite, TOFUSuite
@@ -54,6 +57,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 TOFU_TARGET = "open-unlearning/tofu_Llama-2-7b-chat-hf_full"
 TOFU_RETAIN_LOG = "saves/eval/tofu_Llama-2-7b-chat-hf_retain90/TOFU_EVAL.json"
+#: best.ckpt of the TOFU presets and the demo: TOFU's headline number, forget quality (as log10: it ranks below 1e-38)
+BEST_MONITOR = "eval/forget_quality_log10"
 
 STRATEGY_FILES = ["strategy/ddp.yaml", "strategy/fsdp.yaml"]
 EVAL_PRESETS = ["tofu/eval.yaml", "muse/eval_news.yaml", "muse/eval_books.yaml"]
@@ -311,6 +316,22 @@ def _check_objective(module: UnlearningModule, method: Method) -> None:
     assert (objective.gamma, objective.alpha) == (method.gamma, method.alpha)
 
 
+def _check_checkpoints(trainer, best: bool) -> None:
+    """A training preset's checkpoints and evaluation cadence (docs/presets.md, "Checkpoints and evaluation cadence").
+
+    Lightning's validation loop is off (the Evaluation callback is the evaluation); one full ``last.ckpt``, written at
+    the end and on an interruption; with ``best``, a weights-only ``best.ckpt`` ranked by forget quality.
+    """
+    assert (trainer.limit_val_batches, trainer.num_sanity_val_steps) == (0, 0)
+    (resume,) = [c for c in trainer.callbacks if type(c) is ModelCheckpoint]
+    assert (resume.save_last, resume.save_top_k, resume.save_on_exception) == ("link", 0, True)
+    assert resume.save_weights_only is False  # resumable: optimiser state and loop position
+    found = [c for c in trainer.callbacks if isinstance(c, BestCheckpoint)]
+    assert len(found) == int(best)
+    if best:
+        assert (found[0].monitor, found[0].mode, found[0].save_weights_only) == (BEST_MONITOR, "max", True)
+
+
 def _check_reference_training(cli, method: Method) -> None:
     """Settings every 7B preset shares: pure bf16 with fp32 Adam moments, one device, HF's gradient clipping."""
     module, trainer = cli.model, cli.trainer
@@ -326,9 +347,7 @@ def _check_reference_training(cli, method: Method) -> None:
     assert trainer.accumulate_grad_batches == method.accumulation
     # the reference runs' effective batch (UNDIAL's MUSE run: 16, as its README asks)
     assert method.batch_size * method.accumulation == (16 if method.forget is UNDIAL and method.batch_size == 4 else 32)
-    checkpoint = _callback(trainer, ModelCheckpoint)
-    assert checkpoint.save_last == "link"
-    assert checkpoint.save_on_exception is True
+    _check_checkpoints(trainer, best=isinstance(_callback(trainer, Evaluation).suite, TOFUSuite))
     _callback(trainer, HFExport)
 
 
@@ -400,6 +419,7 @@ _TOFU_COMMON = {
     "model.init_args.model": TOFU_TARGET, "data.init_args.batch_size": 8, "data.init_args.eval_batch_size": 32,
     "data.init_args.forget_split": "forget10", "data.init_args.max_length": 512, "data.init_args.seed": 0,
     "data.init_args.pairing": "random", "evaluation.eval_on_start": False, "evaluation.every_n_epochs": 1,
+    "trainer.limit_val_batches": 0, "trainer.num_sanity_val_steps": 0,
     "evaluation.retain_logs_path": TOFU_RETAIN_LOG, "evaluation.max_new_tokens": 200, "evaluation.batch_size": 32,
     "model.init_args.alpha": 1.0,
 }  # fmt: skip
@@ -539,9 +559,17 @@ def test_composed_preset_resolves_to_the_values_of_the_file_it_replaced(
     assert {key: _resolved(config, key) for key in expected} == expected
     assert config["trainer"]["logger"]["init_args"]["name"] == preset.replace("/", "_")
     callbacks = [c["class_path"] for c in config["trainer"]["callbacks"]]
-    assert callbacks[:2] == ["lightning.pytorch.callbacks.ModelCheckpoint", "baldro_pl.callbacks.HFExport"]
-    assert len(callbacks) == 3
-    assert config["trainer"]["callbacks"][0]["init_args"]["save_last"] == "link"
+    best = ["baldro_pl.callbacks.BestCheckpoint"] if preset.startswith("tofu/") else []  # MUSE: no single headline
+    assert callbacks == [
+        "lightning.pytorch.callbacks.ModelCheckpoint",
+        *best,
+        "baldro_pl.callbacks.HFExport",
+        "baldro_pl.metrics.Evaluation",
+    ]
+    resume = config["trainer"]["callbacks"][0]["init_args"]
+    assert (resume["save_last"], resume["save_top_k"], resume["save_on_exception"]) == ("link", 0, True)
+    if best:
+        assert config["trainer"]["callbacks"][1]["init_args"]["monitor"] == BEST_MONITOR
 
 
 def _differing_values(a: Any, b: Any, path: str = "") -> set[str]:
@@ -574,9 +602,9 @@ def test_reference_dv_presets_say_that_hard_is_the_papers_form(preset: str) -> N
         # and the paper's form is this preset with the other sign (and, for DrNPO on TOFU, forget10 instead of forget01)
         differ = _differing_values(yaml.safe_load(text), yaml.safe_load((CONFIGS / paper).read_text()))
         allowed = {"model.init_args.aggregator.init_args.emphasis", "trainer.logger.init_args.name"}
-        allowed |= {"data.init_args.forget_split", "trainer.callbacks.2.init_args.suite"}
-        callbacks = yaml.safe_load(text).get("trainer", {}).get("callbacks") or [{}, {}, {}]
-        suite = callbacks[2].get("init_args", {}).get("suite", {})
+        callbacks = yaml.safe_load(text).get("trainer", {}).get("callbacks") or [{}]
+        allowed |= {"data.init_args.forget_split", f"trainer.callbacks.{len(callbacks) - 1}.init_args.suite"}
+        suite = callbacks[-1].get("init_args", {}).get("suite", {})  # the evaluation callback
         assert set(suite.get("init_args", {})) <= {"retain_logs_path"}  # the suite differs in its reference log only
         assert "model.init_args.aggregator.init_args.emphasis" in differ
         assert differ <= allowed, differ - allowed
@@ -611,6 +639,7 @@ def test_finetune_preset(preset: str, split: str, in_tmp: Path) -> None:
     assert (data.train, data.train_config, data.batch_size) == ("locuslab/TOFU", split, 8)
     assert (cli.trainer.max_epochs, cli.trainer.accumulate_grad_batches) == (5, 4)
     assert cli.trainer.precision == "bf16-true"
+    _check_checkpoints(cli.trainer, best=False)  # no evaluation during fine-tuning: nothing to rank by
 
 
 @pytest.mark.parametrize("preset", EVAL_PRESETS)
@@ -642,6 +671,12 @@ def test_demo_preset_is_laid_out_for_the_demo_command(capsys: pytest.CaptureFixt
     assert suite["max_new_tokens"] == 32
     # `baldro-pl demo` reads this file (tests/test_demo_outputs.py): one evaluation, after the last epoch
     assert trainer["max_epochs"] == evaluation["every_n_epochs"]
+    # the evaluation callback is the one evaluation; last.ckpt at the end, best.ckpt (weights only) after evaluations
+    assert (trainer["limit_val_batches"], trainer["num_sanity_val_steps"]) == (0, 0)
+    callbacks = [c["class_path"] for c in trainer["callbacks"]]
+    assert callbacks[:2] == ["lightning.pytorch.callbacks.ModelCheckpoint", "baldro_pl.callbacks.BestCheckpoint"]
+    assert trainer["callbacks"][0]["init_args"]["save_top_k"] == 0
+    assert trainer["callbacks"][1]["init_args"]["monitor"] == BEST_MONITOR
 
 
 # ---------------------------------------------------------------------------------------------------- the command
@@ -672,10 +707,6 @@ def _demo_fit_args(in_tmp: Path, base: Path, *extra: str) -> list[str]:
         str(base),  # `baldro-pl demo` would have fine-tuned models/target from it
         "--trainer.default_root_dir",
         str(in_tmp),
-        "--trainer.limit_val_batches",
-        "1",
-        "--trainer.num_sanity_val_steps",
-        "0",
         "--trainer.enable_progress_bar",
         "false",
         # the last callback is the evaluation: no retain log in this test, a few cheap metrics, after epoch 0
@@ -700,7 +731,14 @@ def test_demo_preset_fits_through_the_cli(in_tmp: Path) -> None:
     versions = json.loads((log_dir / "versions.json").read_text())
     assert versions["torch"] and versions["lightning"]
     assert list(log_dir.glob("events.out.tfevents.*"))
-    assert (log_dir / "checkpoints" / "last.ckpt").exists()
+    # one checkpoint, written at the end: a full copy (no epoch file to link to); no forget quality without a retain
+    # log, so no best.ckpt
+    checkpoints = log_dir / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt"]
+    assert not (checkpoints / "last.ckpt").is_symlink()
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 3 and last["optimizer_states"]
+    assert "val/forget_nll" not in _scalar_tags(log_dir)  # Lightning's validation loop is off
     saved = yaml.safe_load((log_dir / "config.yaml").read_text())
     assert saved["model"]["init_args"]["aggregator"]["init_args"]["emphasis"] == "hard"
     assert saved["trainer"]["max_steps"] == 3
@@ -728,10 +766,9 @@ def test_tofu_reference_preset_trains_a_step_on_cpu(name: str, in_tmp: Path) -> 
             str(paths["data"]),
             "--trainer.max_steps",
             "1",
+            # Lightning's validation loop, off in the preset, back on as docs/presets.md says (one batch: the test)
             "--trainer.limit_val_batches",
             "1",
-            "--trainer.num_sanity_val_steps",
-            "0",
             "--trainer.enable_progress_bar",
             "false",
             "--trainer.callbacks.init_args.suite.init_args.retain_logs_path",
@@ -746,10 +783,11 @@ def test_tofu_reference_preset_trains_a_step_on_cpu(name: str, in_tmp: Path) -> 
     log_dir = in_tmp / f"runs/tofu_{name}/version_0"
     saved = yaml.safe_load((log_dir / "config.yaml").read_text())
     assert saved["trainer"]["precision"] == "bf16-true"
-    assert (log_dir / "checkpoints" / "last.ckpt").exists()
+    assert sorted(p.name for p in (log_dir / "checkpoints").iterdir()) == ["last.ckpt"]  # no retain log: no best
     summary = json.loads((log_dir / "epoch_0" / "TOFU_SUMMARY.json").read_text())
     assert 0.0 <= summary["forget_Q_A_Prob"] <= 1.0
     assert (log_dir / "hf_model" / "model.safetensors").is_file()
+    assert "val/forget_nll" in _scalar_tags(log_dir)  # --trainer.limit_val_batches turned the loop back on
 
 
 def test_tofu_eval_preset_runs_through_the_cli(in_tmp: Path) -> None:
@@ -844,6 +882,55 @@ def test_demo_preset_resumes_and_exports_through_the_cli(in_tmp: Path) -> None:
         assert torch.equal(exported[name], value), name
 
 
+def _scalar_tags(log_dir: Path) -> set[str]:
+    """The scalar tags of a run's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return set(events.Tags()["scalars"])
+
+
+def test_demo_preset_keeps_the_best_evaluated_epoch_weights_only_and_a_resumable_last(in_tmp: Path) -> None:
+    """best.ckpt follows the evaluation's cadence and its forget quality; last.ckpt is the only full checkpoint."""
+    from tofu_logs import write_tofu_log
+
+    from baldro_pl.demo import prepare_demo
+
+    paths = prepare_demo(in_tmp / "outputs" / "demo")
+    metrics = ["forget_truth_ratio", "forget_Q_A_Prob"]  # what forget quality needs from the retain log
+    retain_log = write_tofu_log(paths["base"], paths["data"], in_tmp / "retain" / "TOFU_EVAL.json", metrics)
+    args = _demo_fit_args(in_tmp, paths["base"], "--trainer.max_epochs", "4")
+    args += [
+        "--trainer.callbacks.init_args.suite.init_args.retain_logs_path",
+        str(retain_log),
+        "--trainer.callbacks.init_args.suite.init_args.metrics",
+        "[forget_truth_ratio, forget_Q_A_Prob, forget_quality]",
+        "--trainer.callbacks.init_args.every_n_epochs",
+        "2",  # epochs 1 and 3: the best checkpoint is considered there only
+    ]
+    assert main(args) == 0
+    log_dir = in_tmp / "outputs/demo/runs/unlearn_npo_dv/version_0"
+    assert sorted(p.name for p in log_dir.glob("epoch_*")) == ["epoch_1", "epoch_3"]
+    checkpoints = log_dir / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+    best = torch.load(checkpoints / "best.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 12 and last["optimizer_states"]  # 4 epochs of 3 steps, resumable
+    assert "optimizer_states" not in best and "lr_schedulers" not in best  # weights only
+    # the evaluated epoch of highest forget quality, as logged (float32 log10; the earlier one on a tie)
+    quality = {}
+    for epoch in (1, 3):
+        summary = json.loads((log_dir / f"epoch_{epoch}" / "TOFU_SUMMARY.json").read_text())
+        quality[epoch] = float(torch.tensor(math.log10(summary["forget_quality"])))
+    assert best["epoch"] == max(quality, key=quality.get)
+    same = all(torch.equal(best["state_dict"][k], v) for k, v in last["state_dict"].items())
+    assert same is (best["epoch"] == 3)
+    out = in_tmp / "best_hf"
+    assert main(["export", str(checkpoints / "best.ckpt"), "--output", str(out)]) == 0  # a weights-only checkpoint
+    assert (out / "config.json").is_file()
+
+
 def _logged_steps(event_file: Path) -> set[int]:
     """The steps at which a TensorBoard events file holds ``train/*`` scalars."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -883,6 +970,20 @@ def test_ckpt_path_last_resumes_the_latest_run_in_its_own_folder(
     assert len(steps) == 3 and min(steps) >= 3, steps
 
 
+def test_ckpt_path_last_never_resumes_from_a_weights_only_best_checkpoint(tmp_path: Path) -> None:
+    """A run killed before writing last.ckpt holds only best.ckpt (no optimiser state): nothing to resume from."""
+    from baldro_pl.cli_lightning import _checkpoint_in
+
+    folder = tmp_path / "version_0" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "best.ckpt").write_bytes(b"weights")
+    assert _checkpoint_in(tmp_path / "version_0") is None
+    (folder / "epoch=0-step=3.ckpt").write_bytes(b"full")
+    assert _checkpoint_in(tmp_path / "version_0") == folder / "epoch=0-step=3.ckpt"
+    (folder / "last.ckpt").write_bytes(b"full")
+    assert _checkpoint_in(tmp_path / "version_0") == folder / "last.ckpt"
+
+
 def test_divergent_fit_stops_with_a_message_and_keeps_finite_checkpoints(
     in_tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -894,7 +995,12 @@ def test_divergent_fit_stops_with_a_message_and_keeps_finite_checkpoints(
 
     paths = prepare_demo(in_tmp / "outputs" / "demo")
     capsys.readouterr()
+    # a resumable checkpoint after every epoch (docs/presets.md: save_top_k 1 on the first callback, the demo's four);
+    # with the preset's default (last.ckpt at the end only) a run that diverges leaves none
+    every_epoch = in_tmp / "every_epoch.yaml"
+    every_epoch.write_text("trainer:\n  callbacks: [{init_args: {save_top_k: 1}}, {}, {}, {}]\n")
     args = _demo_fit_args(in_tmp, paths["base"], "--trainer.max_steps", "9", "--model.init_args.learning_rate", "1e3")
+    args[3:3] = ["--config", str(every_epoch)]  # after configs/demo.yaml, before the flags
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err

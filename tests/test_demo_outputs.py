@@ -64,6 +64,8 @@ def test_demo_takes_its_unlearning_settings_from_the_yaml(demo_run) -> None:
         assert yaml.safe_load((run / "hparams.yaml").read_text())["learning_rate"] == SHORT_LR
         assert (run / "epoch_0" / "TOFU_EVAL.json").is_file()  # max_epochs 1, evaluated every epoch
         assert not list(run.glob("epoch_[1-9]*"))
+        # the demo keeps each unlearned model as a Hugging Face directory, not as Lightning checkpoints
+        assert not (run / "checkpoints").exists()
 
 
 def test_settings_are_configs_demo_yaml() -> None:

@@ -23,7 +23,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from baldro_pl.distributed import gather_ragged
-from baldro_pl.forward import teacher_forced_logits
+from baldro_pl.forward import check_chunk_size, forward_logprobs, teacher_forced_logits
 from baldro_pl.hf import load_causal_lm, load_tokenizer, resolve_source, write_hf_directory
 from baldro_pl.modules.optim import (
     SCHEDULES,
@@ -33,7 +33,7 @@ from baldro_pl.modules.optim import (
     warmup_linear_schedule,
     warmup_steps_for,
 )
-from baldro_pl.objectives.logprobs import token_logprobs
+from baldro_pl.objectives.logprobs import TokenLogProbs
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,10 @@ class CausalLMModule(pl.LightningModule):
         optimizer_state_dtype: ``"param"`` keeps AdamW moments in the parameters' dtype (torch's behaviour);
             ``"float32"`` keeps them in fp32 even for bf16 weights, like the reference runs' ``paged_adamw_32bit``.
         log_every_n_steps_histograms: how often to write histograms to TensorBoard (0: never).
+        logprob_chunk_size: None (default) computes the target log-probs of :meth:`batch_logprobs` from the whole
+            batch's ``[B, L, V]`` logits; a positive int computes the LM head and the cross-entropy on that many
+            target tokens at a time, recomputed in the backward, so that the logits never exist whole (same values
+            and gradients; :func:`baldro_pl.forward.forward_logprobs`).
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class CausalLMModule(pl.LightningModule):
         lr_schedule: Literal["linear", "constant"] = "linear",
         optimizer_state_dtype: Literal["param", "float32"] = "param",
         log_every_n_steps_histograms: int = 50,
+        logprob_chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(model, PreTrainedModel):
@@ -115,6 +120,7 @@ class CausalLMModule(pl.LightningModule):
             raise ValueError(f"lr_schedule must be 'linear' or 'constant', got {lr_schedule!r}")
         if optimizer_state_dtype not in ("param", "float32"):
             raise ValueError(f"optimizer_state_dtype must be 'param' or 'float32', got {optimizer_state_dtype!r}")
+        check_chunk_size(logprob_chunk_size, "logprob_chunk_size")
         self.tokenizer_source = tokenizer
         self.dtype_name = dtype
         self.attn_implementation = attn_implementation
@@ -129,6 +135,7 @@ class CausalLMModule(pl.LightningModule):
         self.lr_schedule = lr_schedule
         self.optimizer_state_dtype = optimizer_state_dtype
         self.log_every_n_steps_histograms = log_every_n_steps_histograms
+        self.logprob_chunk_size = logprob_chunk_size
         self._tokenizer: PreTrainedTokenizerBase | None = None
         #: micro-batches per epoch of the training loader before ``schedule="hf_trainer"`` trims it (None: not set up)
         self.batches_per_epoch: int | None = None
@@ -275,8 +282,22 @@ class CausalLMModule(pl.LightningModule):
             model, batch["input_ids"], batch["attention_mask"], batch["labels"], all_positions=all_positions
         )
 
+    def batch_logprobs(self, model: torch.nn.Module, side: dict[str, Tensor]) -> TokenLogProbs:
+        """Target log-probs of one batch side (fp32, shifted, masked), from the earliest target position on.
+
+        One teacher-forced forward (:func:`baldro_pl.forward.forward_logprobs`); with ``logprob_chunk_size`` set
+        the logits are computed ``logprob_chunk_size`` target tokens at a time and never held whole.
+
+        Args:
+            model: the policy (or a reference) model.
+            side: ``input_ids``, ``attention_mask`` and ``labels``, each ``[B, T]``.
+        """
+        return forward_logprobs(
+            model, side["input_ids"], side["attention_mask"], side["labels"], chunk_size=self.logprob_chunk_size
+        )
+
     def _eval_step(self, batch: dict[str, Tensor], stage: str, dataloader_idx: int) -> None:
-        lp = token_logprobs(self.batch_logits(self.model, batch), batch["labels"])
+        lp = self.batch_logprobs(self.model, batch)
         name = "forget" if dataloader_idx == 0 else "retain"
         self.log(
             f"{stage}/{name}_nll",

@@ -14,7 +14,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from baldro_pl.modules.base import CausalLMModule
-from baldro_pl.objectives import nll_retain_loss
+from baldro_pl.objectives import nll_from_logprobs
 
 
 class FinetuneModule(CausalLMModule):
@@ -44,6 +44,6 @@ class FinetuneModule(CausalLMModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """Token-mean NLL of the answers (the Hugging Face ``loss`` with the prompt masked)."""
-        loss = nll_retain_loss(self.batch_logits(self.model, batch), batch["labels"])
+        loss = nll_from_logprobs(self.batch_logprobs(self.model, batch))
         self.log("train/loss", loss.detach(), on_step=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss

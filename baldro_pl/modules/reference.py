@@ -72,6 +72,7 @@ class ReferenceCache:
         device: torch.device,
         *,
         all_gather: AllGather | None = None,
+        chunk_size: int | None = None,
     ) -> None:
         """Score this process's forget batches with ``model``, gather every process's rows, store them on ``device``.
 
@@ -82,8 +83,9 @@ class ReferenceCache:
             device: the model's device; the tables are kept there.
             all_gather: the strategy's all-gather (``LightningModule.all_gather``); default ``torch.distributed``'s
                 (see :func:`baldro_pl.distributed.gather_ragged`).
+            chunk_size: the module's ``logprob_chunk_size`` (None: the whole batch's logits at once).
         """
-        index, nll, n_tokens = compute_reference_nll(model, batches, device)
+        index, nll, n_tokens = compute_reference_nll(model, batches, device, chunk_size=chunk_size)
         self.add(*gather_ragged(index, nll, n_tokens, all_gather=all_gather))
 
     def add(self, index: Tensor, nll: Tensor, n_tokens: Tensor) -> None:
@@ -193,13 +195,13 @@ class ReferenceCache:
 
 @torch.no_grad()
 def compute_reference_nll(
-    model: torch.nn.Module, batches: Iterable[dict[str, Tensor]], device: torch.device
+    model: torch.nn.Module, batches: Iterable[dict[str, Tensor]], device: torch.device, *, chunk_size: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run the model (in eval mode, no grad) over forget batches: returns ``(index, nll, n_tokens)`` on ``device``.
 
     ``nll`` is ``NLL_i = sum_t c_t`` and ``n_tokens`` is ``n_i`` (design.md §1.1), both fp64, from the one
-    teacher-forced forward of :func:`baldro_pl.forward.forward_logprobs`. The model's train/eval mode is restored
-    afterwards.
+    teacher-forced forward of :func:`baldro_pl.forward.forward_logprobs` (``chunk_size`` target tokens at a time if
+    set). The model's train/eval mode is restored afterwards.
     """
     was_training = model.training
     model.eval()
@@ -211,6 +213,7 @@ def compute_reference_nll(
                 batch["input_ids"].to(device),
                 batch["attention_mask"].to(device),
                 batch["labels"].to(device),
+                chunk_size=chunk_size,
             )
             indices.append(batch["index"].to(device))
             nlls.append(lp.nll.double())

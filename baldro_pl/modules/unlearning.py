@@ -312,7 +312,7 @@ class UnlearningModule(CausalLMModule):
             cache, loader = self.reference_cache_alternate, datamodule.reference_dataloader(alternate=True)
         else:
             cache, loader = self.reference_cache, datamodule.reference_dataloader()
-        cache.build(self.model, loader, self.device, all_gather=self.all_gather)
+        cache.build(self.model, loader, self.device, all_gather=self.all_gather, chunk_size=self.logprob_chunk_size)
         log.info("reference NLL cached for %d forget samples%s", len(cache), " (alternative answers)" * alternate)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -340,7 +340,7 @@ class UnlearningModule(CausalLMModule):
     # ------------------------------------------------------------------ training
     def forget_logprobs(self, forget: dict[str, Tensor]) -> TokenLogProbs:
         """Target log-probs of the forget batch (one forward pass, fp32 log-softmax)."""
-        return token_logprobs(self.batch_logits(self.model, forget), forget["labels"])
+        return self.batch_logprobs(self.model, forget)
 
     def forget_logits(self, forget: dict[str, Tensor]) -> tuple[TokenLogProbs, Tensor, Tensor | None]:
         """One forward pass on the forget batch: ``(target log-probs, logits, reference model's logits or None)``.
@@ -377,7 +377,7 @@ class UnlearningModule(CausalLMModule):
             selection = objective.select_forget_rows(whole)
             forget = select_rows(forget, selection.rows)
         forget_inputs = self._forget_inputs(forget, whole.select(selection.rows) if whole is not None else None)
-        retain_logits = retain_labels = reference_logits = retain_hidden = reference_retain_hidden = None
+        retain_logits = retain_labels = reference_logits = retain_hidden = reference_retain_hidden = retain_lp = None
         if objective.uses_retain:
             retain = batch.get("retain")
             if retain is None:
@@ -394,6 +394,8 @@ class UnlearningModule(CausalLMModule):
                     reference_retain_hidden, _ = layer_hidden_states(
                         self.reference_model, retain, objective.hidden_layer
                     )
+            elif objective.needs_retain_logprobs:  # NLL: the target log-probs (chunked with logprob_chunk_size)
+                retain_lp = self.batch_logprobs(self.model, retain)
             else:
                 # KL(normalise="reference") averages over every position of the padded batch: it needs all the logits
                 all_positions = objective.needs_all_retain_positions
@@ -406,6 +408,7 @@ class UnlearningModule(CausalLMModule):
             retain_logits=retain_logits,
             retain_labels=retain_labels,
             reference_retain_logits=reference_logits,
+            retain_logprobs=retain_lp,
             retain_hidden=retain_hidden,
             reference_retain_hidden=reference_retain_hidden,
             selection=selection,

@@ -32,7 +32,7 @@ from baldro_pl.objectives.logprobs import TokenLogProbs, token_logprobs
 from baldro_pl.objectives.objective import ObjectiveOutput, UnlearningObjective
 from baldro_pl.objectives.preference import AlternateForgetLoss, IdkDPO, IdkNLL, dpo_loss
 from baldro_pl.objectives.representation import RMU, EmbedDiff, activation_mse, rmu_direction
-from baldro_pl.objectives.retain import KL, NLL, kl_retain_loss, nll_retain_loss
+from baldro_pl.objectives.retain import KL, NLL, kl_retain_loss, nll_from_logprobs, nll_retain_loss
 
 # Modules save these objects in their hyperparameters; let torch.load(weights_only=True) restore them from checkpoints.
 torch.serialization.add_safe_globals(
@@ -89,6 +89,7 @@ __all__ = [
     "dpo_loss",
     "dv_aggregate",
     "kl_retain_loss",
+    "nll_from_logprobs",
     "nll_retain_loss",
     "npo_loss",
     "rmu_direction",

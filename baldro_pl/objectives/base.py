@@ -202,11 +202,19 @@ class RetainLoss(ABC):
 
     needs_reference_model: ClassVar[bool] = False
     needs_hidden_states: ClassVar[bool] = False
+    takes_logprobs: ClassVar[bool] = False
 
     @property
     def needs_all_positions(self) -> bool:
         """Whether the loss needs the logits of every position (not only from the first answer token on)."""
         return False
+
+    def from_logprobs(self, retain: TokenLogProbs) -> Tensor:
+        """The loss from the retain batch's target log-probs alone (only where :attr:`takes_logprobs`).
+
+        The module then never holds the retain logits whole (``logprob_chunk_size``: computed in chunks).
+        """
+        raise NotImplementedError(f"{type(self).__name__} needs the retain logits")
 
     @abstractmethod
     def __call__(self, logits: Tensor, labels: Tensor, reference_logits: Tensor | None = None) -> Tensor:

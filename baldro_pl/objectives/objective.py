@@ -164,6 +164,11 @@ class UnlearningObjective:
         return self.forget_loss.needs_all_positions
 
     @property
+    def needs_retain_logprobs(self) -> bool:
+        """Whether the retain term takes the retain batch's target log-probs instead of its logits (NLL)."""
+        return self.uses_retain and self.retain_loss.takes_logprobs
+
+    @property
     def needs_all_retain_positions(self) -> bool:
         """Whether the retain logits must cover every position, prompt and padding included (KL "reference")."""
         return self.uses_retain and self.retain_loss.needs_all_positions and not self.retain_loss.needs_hidden_states
@@ -204,6 +209,7 @@ class UnlearningObjective:
         retain_logits: Tensor | None = None,
         retain_labels: Tensor | None = None,
         reference_retain_logits: Tensor | None = None,
+        retain_logprobs: TokenLogProbs | None = None,
         alternate: TokenLogProbs | None = None,
         reference_alternate_nll: Tensor | None = None,
         forget_hidden: Tensor | None = None,
@@ -226,6 +232,8 @@ class UnlearningObjective:
             retain_labels: ``[B', T']`` labels of the retain batch.
             reference_retain_logits: the frozen reference model's retain logits (if
                 :attr:`needs_reference_retain_logits`).
+            retain_logprobs: the retain batch's target log-probs, in place of ``retain_logits`` and ``retain_labels``
+                (if :attr:`needs_retain_logprobs`).
             alternate: target log-probs of the forget rows' alternative answers (if :attr:`needs_alternate`).
             reference_alternate_nll: ``[B]`` summed NLL of those answers before unlearning (if
                 :attr:`needs_reference_alternate_nll`).
@@ -271,6 +279,8 @@ class UnlearningObjective:
                     "this objective's retain loss takes hidden states: pass retain_hidden and retain_labels"
                 )
             retain_term = self.retain_loss(retain_hidden, retain_labels, reference_retain_hidden)
+        elif self.uses_retain and retain_logprobs is not None:
+            retain_term = self.retain_loss.from_logprobs(retain_logprobs)
         elif self.uses_retain:
             if retain_logits is None or retain_labels is None:
                 raise ValueError("this objective has a retain term: pass retain_logits and retain_labels")

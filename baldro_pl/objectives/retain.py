@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from baldro_pl.objectives.base import RetainLoss
-from baldro_pl.objectives.logprobs import IGNORE_INDEX, shift_labels, token_logprobs, upcast
+from baldro_pl.objectives.logprobs import IGNORE_INDEX, TokenLogProbs, shift_labels, token_logprobs, upcast
 
 
 def _target_rows(logits: Tensor, labels: Tensor) -> Tensor:
@@ -39,10 +39,14 @@ def nll_retain_loss(logits: Tensor, labels: Tensor, per: Literal["token", "seque
     >>> round(nll_retain_loss(logits, labels).item(), 4), round(nll_retain_loss(logits, labels, "sequence").item(), 4)
     (1.3863, 2.7726)
     """
-    lp = token_logprobs(logits, labels)
+    return nll_from_logprobs(token_logprobs(logits, labels), per)
+
+
+def nll_from_logprobs(retain: TokenLogProbs, per: Literal["token", "sequence"] = "token") -> Tensor:
+    """:func:`nll_retain_loss` from the target log-probs: the token mean, or the mean of the summed NLL (``per``)."""
     if per == "sequence":
-        return lp.nll.mean()
-    return -lp.logp.sum() / lp.mask.sum().clamp(min=1)
+        return retain.nll.mean()
+    return -retain.logp.sum() / retain.mask.sum().clamp(min=1)
 
 
 KLNormalise = Literal["answer_tokens", "reference"]
@@ -110,9 +114,15 @@ class NLL(RetainLoss):
             raise ValueError(f"NLL: per must be 'token' or 'sequence', got {per!r}")
         self.per = per
 
+    takes_logprobs = True
+
     def __call__(self, logits: Tensor, labels: Tensor, reference_logits: Tensor | None = None) -> Tensor:
         """:func:`nll_retain_loss` of the retain batch (``reference_logits`` is not used)."""
         return nll_retain_loss(logits, labels, self.per)
+
+    def from_logprobs(self, retain: TokenLogProbs) -> Tensor:
+        """:func:`nll_from_logprobs` of the retain batch's target log-probs."""
+        return nll_from_logprobs(retain, self.per)
 
 
 class KL(RetainLoss):

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from tofu_logs import write_tofu_log
 
 from baldro_pl.cli import lightning_cli
@@ -104,8 +105,12 @@ def _check_fit(root: Path, version: str) -> None:
     assert (run / "config.yaml").is_file()
     assert (run / "versions.json").is_file()
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert len([name for name in checkpoints if name != "last.ckpt"]) == 1, checkpoints  # one checkpoint, + last link
-    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert checkpoints == ["best.ckpt", "last.ckpt"], checkpoints  # last: resumable, at the end; best: weights only
+    metas = {}
+    for name in checkpoints:  # DDP: files; FSDP: sharded directories with a meta.pt
+        path = run / "checkpoints" / name
+        metas[name] = torch.load(path / "meta.pt" if path.is_dir() else path, map_location="cpu", weights_only=False)
+    assert "lr_schedulers" in metas["last.ckpt"] and "lr_schedulers" not in metas["best.ckpt"]
     export = root / "outputs/demo/models/unlearned_npo_dv"
     assert (export / "config.json").is_file()
     assert list(export.glob("*.safetensors"))

@@ -65,13 +65,16 @@ def test_undial_keeps_a_frozen_teacher_and_runs_it_on_the_forget_side_only(targe
     assert module.objective.forget_loss.beta == 3.0
     assert module.reference_model is not None and not any(p.requires_grad for p in module.reference_model.parameters())
     calls = []
-    original = module.batch_logits
 
-    def counting(model, batch, **kwargs):
-        calls.append((model is module.reference_model, batch["input_ids"].shape[0]))
-        return original(model, batch, **kwargs)
+    def counting(original):
+        def call(model, batch, **kwargs):
+            calls.append((model is module.reference_model, batch["input_ids"].shape[0]))
+            return original(model, batch, **kwargs)
 
-    module.batch_logits = counting
+        return call
+
+    module.batch_logits = counting(module.batch_logits)
+    module.batch_logprobs = counting(module.batch_logprobs)  # the NLL retain term takes log-probs
     batch = next(iter(ToyUnlearningData(tok, batch_size=4).train_dataloader()))
     out, _ = module.compute_step(batch)
     out.loss.backward()
