@@ -11,6 +11,7 @@ import copy
 
 import pytest
 import torch
+from toy_task import random_side
 
 from baldro_pl.modules import FinetuneModule, UnlearningModule
 from baldro_pl.objectives import NLL, NPO, BalDRODV, BalDROG, IdkDPO, Mean
@@ -20,19 +21,7 @@ VOCAB, ROWS, LENGTH = 96, 6, 16
 
 
 def _side(seed: int, length: int = LENGTH) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(3, VOCAB, (ROWS, length), generator=g)
-    prompt = torch.randint(2, 6, (ROWS,), generator=g)
-    total = prompt + torch.randint(2, length - 6, (ROWS,), generator=g)
-    position = torch.arange(length)
-    attention_mask = (position < total[:, None]).long()
-    labels = input_ids.masked_fill((position < prompt[:, None]) | (attention_mask == 0), -100)
-    return {
-        "input_ids": input_ids.masked_fill(attention_mask == 0, 0),
-        "attention_mask": attention_mask,
-        "labels": labels,
-        "index": torch.arange(ROWS),
-    }
+    return random_side(seed, vocab=VOCAB, rows=ROWS, length=length, prompt=(2, 6), answer=(2, length - 6))
 
 
 BATCH = {"forget": {**_side(1), "alternate": _side(3, length=10)}, "retain": _side(2)}

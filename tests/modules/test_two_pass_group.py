@@ -12,6 +12,7 @@ import copy
 
 import pytest
 import torch
+from toy_task import random_side
 
 from baldro_pl.modules import UnlearningModule
 from baldro_pl.modules.unlearning import select_rows
@@ -30,19 +31,7 @@ class OnePassG(BalDROG):
 
 def _side(seed: int, rows: int = ROWS, length: int = LENGTH) -> dict[str, torch.Tensor]:
     """Right-padded rows with prompts of 2-4 tokens and answers of 2-9 tokens (so the kept rows can be trimmed)."""
-    g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(3, VOCAB, (rows, length), generator=g)
-    prompt = torch.randint(2, 5, (rows,), generator=g)
-    total = prompt + torch.randint(2, length - 4, (rows,), generator=g)
-    position = torch.arange(length)
-    attention_mask = (position < total[:, None]).long()
-    labels = input_ids.masked_fill((position < prompt[:, None]) | (attention_mask == 0), -100)
-    return {
-        "input_ids": input_ids.masked_fill(attention_mask == 0, 0),
-        "attention_mask": attention_mask,
-        "labels": labels,
-        "index": torch.arange(rows),
-    }
+    return random_side(seed, vocab=VOCAB, rows=rows, length=length, prompt=(2, 5), answer=(2, length - 4))
 
 
 BATCH = {"forget": {**_side(1), "alternate": _side(3, length=8)}, "retain": _side(2)}

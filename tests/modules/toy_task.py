@@ -79,3 +79,23 @@ def people_tokenizer_for_tests():
 
     texts = [f"[INST] {q} [/INST]{a}" for q, a in people_qa()]
     return train_tokenizer(texts, vocab_size=300)
+
+
+def random_side(
+    seed: int, *, vocab: int, rows: int, length: int, prompt: tuple[int, int], answer: tuple[int, int]
+) -> dict[str, torch.Tensor]:
+    """A right-padded batch of random tokens: prompts of ``prompt`` tokens (range, high excluded), then answers of
+    ``answer`` tokens, the prompts and padding labelled -100 (the shape of a collated forget or retain side)."""
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, vocab, (rows, length), generator=g)
+    prompt_len = torch.randint(*prompt, (rows,), generator=g)
+    total = prompt_len + torch.randint(*answer, (rows,), generator=g)
+    position = torch.arange(length)
+    attention_mask = (position < total[:, None]).long()
+    labels = input_ids.masked_fill((position < prompt_len[:, None]) | (attention_mask == 0), -100)
+    return {
+        "input_ids": input_ids.masked_fill(attention_mask == 0, 0),
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "index": torch.arange(rows),
+    }
