@@ -203,19 +203,18 @@ def continue_rows(
     return out.logits, prompts.cache
 
 
-#: KV-cache memory a generation batch may take when ``generation_batch_size`` is left to :func:`generation_rows`:
-#: this fraction of the accelerator's free memory, or :data:`CPU_CACHE_BUDGET` bytes on the CPU.
+#: KV-cache memory a generation batch may take when ``generation_batch_size`` is left to :func:`generation_rows`, on
+#: an accelerator: this fraction of its free memory.
 ACCELERATOR_CACHE_FRACTION = 0.25
-CPU_CACHE_BUDGET = 2 * 1024**3
+#: On the CPU: the size of one layer's key (or value) tensor. Hugging Face's dynamic cache grows each of them with
+#: ``torch.cat`` at every decoding step, a new block each time, and glibc serves blocks above 32 MiB with fresh pages
+#: that the copy then faults in: on the 2-core box, 1,017 TOFU prompts x 200 tokens of the tiny Llama took 25.7 s in
+#: one batch (44 MB tensors), 8.7-9.1 s in batches of 128-385 (5-16 MB), 13.3 s in batches of 32 (2026-12-04).
+CPU_LAYER_CACHE_BYTES = 16 * 1024**2
 
 
-def kv_bytes_per_token(model: torch.nn.Module) -> int | None:
-    """Bytes of KV cache one token takes in ``model`` (keys and values of every layer), None if its config is unknown.
-
-    ``2 * layers * key_value_heads * head_dim * bytes per element``, from the Hugging Face config (``head_dim`` where
-    the config has it, else ``hidden_size / num_attention_heads``; ``num_key_value_heads`` for grouped-query
-    attention) and the dtype of the model's parameters.
-    """
+def _kv_shape(model: torch.nn.Module) -> tuple[int, int] | None:
+    """(layers, bytes of one layer's keys for one token) from the Hugging Face config, None if it is unknown."""
     config = getattr(model, "config", None)
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     layers = getattr(config, "num_hidden_layers", None)
@@ -227,17 +226,29 @@ def kv_bytes_per_token(model: torch.nn.Module) -> int | None:
     if not head_dim:
         return None
     element = next(model.parameters()).element_size()
-    return 2 * int(layers) * int(kv_heads) * int(head_dim) * element
+    return int(layers), int(kv_heads) * int(head_dim) * element
+
+
+def kv_bytes_per_token(model: torch.nn.Module) -> int | None:
+    """Bytes of KV cache one token takes in ``model`` (keys and values of every layer), None if its config is unknown.
+
+    ``2 * layers * key_value_heads * head_dim * bytes per element``, from the Hugging Face config (``head_dim`` where
+    the config has it, else ``hidden_size / num_attention_heads``; ``num_key_value_heads`` for grouped-query
+    attention) and the dtype of the model's parameters.
+    """
+    shape = _kv_shape(model)
+    return None if shape is None else 2 * shape[0] * shape[1]
 
 
 def generation_rows(model: torch.nn.Module, tokens_per_row: int, *, limit: int, budget_bytes: int | None = None) -> int:
     """How many prompts to prefill and decode together: as many as ``limit`` whose KV cache fits the budget.
 
-    Decoding is one forward pass per new token whatever the batch, so its cost per prompt falls with the batch until
-    the device is busy (the step is bound by the weights' memory traffic on a GPU and by per-call overhead for small
-    models); the scoring batch (32 in open-unlearning) is far below that. The budget is
-    :data:`ACCELERATOR_CACHE_FRACTION` of the device's free memory (:data:`CPU_CACHE_BUDGET` on the CPU), the cost of
-    a row ``tokens_per_row`` (its longest prompt plus the generation budget) times :func:`kv_bytes_per_token`.
+    Decoding is one forward pass per new token whatever the batch, so its cost per prompt falls with the batch while
+    the step is bound by reading the weights (a GPU, a larger model on the CPU) or by per-call overhead (a small
+    model); the scoring batch (32 in open-unlearning) is below that. The budget: on an accelerator
+    :data:`ACCELERATOR_CACHE_FRACTION` of its free memory for the whole cache (:func:`kv_bytes_per_token` per token);
+    on the CPU :data:`CPU_LAYER_CACHE_BYTES` for each layer's keys. A row costs ``tokens_per_row`` tokens (its
+    longest prompt plus the generation budget). ``budget_bytes`` overrides the whole-cache budget.
 
     >>> from baldro_pl.toy import tiny_llama
     >>> model = tiny_llama(32, hidden_size=16, num_attention_heads=2, num_key_value_heads=1)
@@ -245,16 +256,21 @@ def generation_rows(model: torch.nn.Module, tokens_per_row: int, *, limit: int, 
     128
     >>> generation_rows(model, 200, limit=5000, budget_bytes=128 * 200 * 300)
     300
+    >>> generation_rows(model, 200, limit=5000)  # CPU: 16 MiB of keys per layer, 32 bytes a token
+    2621
     """
     if limit < 1:
         return 1
-    per_token = kv_bytes_per_token(model)
-    if per_token is None:
+    shape = _kv_shape(model)
+    if shape is None:
         return limit
-    if budget_bytes is None:
+    layers, layer_bytes = shape
+    if budget_bytes is not None:
+        per_row = 2 * layers * layer_bytes * tokens_per_row
+    elif next(model.parameters()).device.type == "cuda":
         device = next(model.parameters()).device
-        if device.type == "cuda":
-            budget_bytes = int(ACCELERATOR_CACHE_FRACTION * torch.cuda.mem_get_info(device)[0])
-        else:
-            budget_bytes = CPU_CACHE_BUDGET
-    return max(1, min(limit, budget_bytes // max(1, per_token * tokens_per_row)))
+        budget_bytes = int(ACCELERATOR_CACHE_FRACTION * torch.cuda.mem_get_info(device)[0])
+        per_row = 2 * layers * layer_bytes * tokens_per_row
+    else:
+        budget_bytes, per_row = CPU_LAYER_CACHE_BYTES, layer_bytes * tokens_per_row
+    return max(1, min(limit, budget_bytes // max(1, per_row)))

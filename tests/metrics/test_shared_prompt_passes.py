@@ -238,7 +238,7 @@ def test_default_generation_batch_is_what_the_kv_cache_budget_holds(
     got = score_and_generate(tiny_model, toy_tokenizer, samples, prompts, pad_token_id=pad, max_new_tokens=8)
     assert sizes == [6]  # the default budget holds all six prompts: one prefill
     sizes.clear()
-    monkeypatch.setattr(prefix, "CPU_CACHE_BUDGET", per_token * widest * 4)
+    monkeypatch.setattr(prefix, "CPU_LAYER_CACHE_BYTES", per_token // (2 * config.num_hidden_layers) * widest * 4)
     small = score_and_generate(tiny_model, toy_tokenizer, samples, prompts, pad_token_id=pad, max_new_tokens=8)
     assert sizes == [4, 2]  # four rows' cache fits the budget
     for scores, texts in (got, small):
