@@ -54,7 +54,9 @@ class RowEncoder:
         cap = max_length or self.max_length
         key = (question, answer, few_shot, cap)
         if key not in self._qa:
-            s = encode_qa(self.tokenizer, question, answer, self.prompt_format, few_shot=few_shot, max_length=cap)
+            prompt = self.prompt(question, few_shot, max_length=cap)  # cached: one question, several answers
+            fmt = self.prompt_format
+            s = encode_qa(self.tokenizer, question, answer, fmt, few_shot=few_shot, max_length=cap, prompt_ids=prompt)
             self._qa[key] = (s.input_ids, s.labels)
         ids, labels = self._qa[key]
         return EncodedSample(ids, labels, index)

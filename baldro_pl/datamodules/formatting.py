@@ -142,14 +142,19 @@ def encode_qa(
     few_shot: Sequence[tuple[str, str]] = (),
     max_length: int = 512,
     index: int = -1,
+    prompt_ids: Sequence[int] | None = None,
 ) -> EncodedSample:
     """Tokenise a QA pair for scoring or training: prompt masked, answer + EOS scored (metrics-spec §1.2).
 
     The sample may end up with no target at all (an answer truncated away by ``max_length``, or a BPE merge
     across the prompt/answer boundary); callers that train on it must check :attr:`EncodedSample.n_targets`.
+    ``prompt_ids``: the question's :func:`encode_prompt` (same ``fmt``, ``few_shot`` and ``max_length``) when the
+    caller already has it (TOFU scores up to seven answers after one question).
     """
     eos = tokenizer.eos_token_id
-    prompt_ids = encode_prompt(tokenizer, question, fmt, few_shot=few_shot, max_length=max_length)
+    if prompt_ids is None:
+        prompt_ids = encode_prompt(tokenizer, question, fmt, few_shot=few_shot, max_length=max_length)
+    prompt_ids = list(prompt_ids)
     if fmt.apply_chat_template:
         answer_ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
         full_ids = (prompt_ids + answer_ids)[:max_length]
