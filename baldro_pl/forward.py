@@ -12,10 +12,11 @@ one call, by a module that turns the final hidden states into the target log-pro
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from baldro_pl.labels import IGNORE_INDEX
@@ -187,10 +188,88 @@ def forward_logprobs(
     Raises:
         ValueError: a bad ``chunk_size``, or a model whose forward post-processes its head's output.
     """
-    if check_chunk_size(chunk_size) is None:
-        logits = teacher_forced_logits(model, input_ids, attention_mask, labels, all_positions=not trim_logits)
-        return token_logprobs(logits, labels)
+    check_chunk_size(chunk_size)
     keep = logits_to_keep_for(labels) if trim_logits else 0
+    return _logprobs_keeping(model, input_ids, attention_mask, labels, keep, chunk_size)
+
+
+def _logprobs_keeping(
+    model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor, keep: int, chunk_size: int | None
+) -> TokenLogProbs:
+    """The forward pass of :func:`forward_logprobs` with its ``logits_to_keep`` already decided (0: all positions)."""
+    if chunk_size is None:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep)
+        return token_logprobs(out.logits, labels)
     with logprob_head(model, labels, chunk_size) as head:
         out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep)
     return head.take(model, out.logits)
+
+
+def forward_logprobs_joint(
+    model: torch.nn.Module, sides: Sequence[dict[str, Tensor]], *, chunk_size: int | None = None
+) -> list[TokenLogProbs]:
+    """One forward pass over several labelled batches at once: each one's target log-probs, as if run alone.
+
+    An unlearning step scores a forget batch and a retain batch with the same model. Run as two calls, a step pays
+    every kernel launch and every FSDP weight gather twice; on a GPU at the presets' micro-batches that, not the
+    arithmetic, sets the time (1.1B Llama, 8 + 8 rows of 256 tokens on an H200: one pass over the 16 rows 78-81 ms
+    forward + backward, two passes of 8 rows 131-150 ms; docs/benchmarks.md, "GPU suite"). Here the sides are right
+    padded to the longest (``attention_mask`` 0, label ``IGNORE_INDEX``: causal attention leaves every real position
+    as it was), concatenated along the batch, scored by one :func:`forward_logprobs` call, and cut back into
+    :class:`~baldro_pl.objectives.logprobs.TokenLogProbs` of exactly the shape a call on each side alone returns
+    (same columns, same target positions; values equal within floating-point rounding of the larger matmuls).
+
+    Args:
+        model: a Hugging Face causal LM.
+        sides: batches with ``input_ids``, ``attention_mask`` and ``labels`` (``[B_i, T_i]``); right padded, as the
+            datamodules pad.
+        chunk_size: as in :func:`forward_logprobs`.
+
+    Returns:
+        One :class:`~baldro_pl.objectives.logprobs.TokenLogProbs` per side, ``[B_i, keep_i - 1]`` with ``keep_i``
+        :func:`logits_to_keep_for` of that side's labels.
+    """
+    check_chunk_size(chunk_size)
+    length = max(side["labels"].shape[1] for side in sides)
+    firsts = _first_target_positions([side["labels"] for side in sides])  # one device sync for every side
+
+    def padded(key: str, value: int) -> Tensor:
+        return torch.cat([F.pad(side[key], (0, length - side[key].shape[1]), value=value) for side in sides])
+
+    labels = padded("labels", IGNORE_INDEX)
+    joint_first = min(firsts)
+    keep = _keep_from_first(joint_first, length)
+    whole = _logprobs_keeping(model, padded("input_ids", 0), padded("attention_mask", 0), labels, keep, chunk_size)
+    out, start = [], 0
+    for side, first in zip(sides, firsts):
+        rows, side_length = side["labels"].shape
+        side_keep = _keep_from_first(first, side_length)
+        # column c of a side alone scores sequence position side_length - side_keep + 1 + c; of the joint pass,
+        # length - keep + 1 + c: the side's columns start `offset` columns in (before the first when negative: a side
+        # without targets, or whose only target is its last token, has columns the joint pass never scored: zeros)
+        offset = (side_length - side_keep) - (length - keep)
+        logp, mask = whole.logp[start : start + rows], whole.mask[start : start + rows]
+        if offset < 0:
+            logp, mask = F.pad(logp, (-offset, 0)), F.pad(mask, (-offset, 0))
+            offset = 0
+        out.append(TokenLogProbs(logp[:, offset : offset + side_keep - 1], mask[:, offset : offset + side_keep - 1]))
+        start += rows
+    return out
+
+
+def _first_target_positions(labels: Sequence[Tensor]) -> list[int]:
+    """Each batch's earliest target position (as in :func:`logits_to_keep_for`; its length when it has none)."""
+    firsts = []
+    for batch_labels in labels:
+        none = torch.tensor(batch_labels.shape[1], device=batch_labels.device)
+        if batch_labels.shape[1] < 2:  # no position can be a target
+            firsts.append(none)
+            continue
+        has_target = (batch_labels[:, 1:] != IGNORE_INDEX).any(0)
+        firsts.append(torch.where(has_target.any(), has_target.int().argmax() + 1, none))
+    return [int(first) for first in torch.stack(firsts).tolist()]
+
+
+def _keep_from_first(first: int, length: int) -> int:
+    """:func:`logits_to_keep_for` from a batch's earliest target position ``first`` (``length``: no target)."""
+    return length if first >= length else max(2, length - first + 1)

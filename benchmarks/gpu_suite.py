@@ -17,9 +17,10 @@ On one GPU, a Llama built from a config (random init, no download; TinyLlama's s
   size is recorded and the larger ones skipped).
 
 MFU = 6 * N * T / (step time * peak), N = the parameters without the input token embedding (the LM head is counted:
-it is a matmul), T = the tokens of the rows the step trains on (forget rows + the retain rows the objective uses;
-padding included, since the model processes it). Not counted as model FLOPs: the attention score matmuls (~2% here),
-and any work beyond one forward + backward of those tokens: the public patterns' frozen reference forward
+it is a matmul), T = the tokens of the rows the step trains on (forget rows, BalDRO-G's k kept ones where it takes
+two passes, + the retain rows the objective uses; padding included, since the model processes it). Not counted as
+model FLOPs: the attention score matmuls (~2% here), and any work beyond one forward + backward of those tokens: the
+public patterns' frozen reference forward
 (2 * N * tokens of the rows it scores) and BalDRO-G's selection pass; baldro-pl's LM head, which starts at the first
 answer position, does a little less work than 6 * N * T assumes. Peak: bf16 dense FLOP/s of the GPU from a small
 table (H100 SXM and H200 989e12, H100 PCIe 756e12, A100 312e12), ``--peak-tflops`` to override; n/a on a CPU.
@@ -66,6 +67,7 @@ import transformers  # noqa: E402
 
 from baldro_pl.files import write_text_atomic  # noqa: E402
 from baldro_pl.modules import UnlearningModule  # noqa: E402
+from baldro_pl.modules.optim import AdamWFp32State  # noqa: E402
 from baldro_pl.objectives import (  # noqa: E402
     NLL,
     NPO,
@@ -499,7 +501,9 @@ def ours_case(
         optimizer, scheduler = _module_optimizer(module, s)
         suite.meta["optimizer"] = _optimizer_meta(optimizer, s)
         kept = module.objective.retain_rows(rows, rows, step=0, device=s.device)
-        tokens = (rows + (rows if kept is None else kept.numel())) * s.length
+        # the forget rows the gradient pass trains on: BalDRO-G's k after its no-grad selection pass (uncounted)
+        trained = aggregator.group_size(rows) if module.objective.selects_forget_rows(rows) else rows
+        tokens = (trained + (rows if kept is None else kept.numel())) * s.length
         module.train()
         batch = {"forget": forget, "retain": retain}
         torch.manual_seed(2)
@@ -537,17 +541,25 @@ def public_case(suite: Suite, base: torch.nn.Module, kind: str) -> Callable[[], 
     return run
 
 
-def floor_case(suite: Suite, base: torch.nn.Module) -> Callable[[], Measured]:
-    """A measuring function for the floor: forward + backward of the plain NLL over forget and retain rows at once."""
+def floor_case(suite: Suite, base: torch.nn.Module, *, two_passes: bool = False) -> Callable[[], Measured]:
+    """A measuring function for the floor: forward + backward of the plain NLL over forget and retain rows at once.
+
+    With ``two_passes``, the forget rows and the retain rows run as two forward passes (one backward of the sum of
+    their losses), as every unlearning step does: the cost of that structure alone, without any objective.
+    """
 
     def run() -> Measured:
         s = suite.settings
-        forget, retain = _sides(s, s.batch)
-        rows = {key: torch.cat([forget[key], retain[key]]) for key in ("input_ids", "attention_mask", "labels")}
+        keys = ("input_ids", "attention_mask", "labels")
+        forget, retain = ({key: side[key] for key in keys} for side in _sides(s, s.batch))
+        rows = {key: torch.cat([forget[key], retain[key]]) for key in keys}
         model = copy.deepcopy(base).train()
 
         def step() -> None:
-            model(**rows).loss.backward()
+            if two_passes:
+                (model(**forget).loss + model(**retain).loss).backward()
+            else:
+                model(**rows).loss.backward()
             model.zero_grad(set_to_none=True)
 
         measured = suite.timed_steps(step)
@@ -611,21 +623,15 @@ class _SubprocessFailed(Exception):
 
 def _optimizer_meta(optimizer: torch.optim.Optimizer, s: Settings) -> dict[str, Any]:
     defaults = optimizer.defaults
+    fused, foreach = defaults.get("fused"), defaults.get("foreach")
+    if isinstance(optimizer, AdamWFp32State):  # its own choice, per device: fused on CUDA unless told otherwise
+        fused = optimizer.fused if optimizer.fused is not None else torch.device(s.device).type == "cuda"
+        foreach = not fused
     return {
         "class": f"{type(optimizer).__module__}.{type(optimizer).__name__}",
         "state_dtype": s.optimizer_state_dtype,
-        "fused": defaults.get("fused"),
-        "foreach": defaults.get("foreach"),
-    }
-
-
-def _optimizer_meta(optimizer: torch.optim.Optimizer, s: Settings) -> dict[str, Any]:
-    defaults = optimizer.defaults
-    return {
-        "class": f"{type(optimizer).__module__}.{type(optimizer).__name__}",
-        "state_dtype": s.optimizer_state_dtype,
-        "fused": defaults.get("fused"),
-        "foreach": defaults.get("foreach"),
+        "fused": fused,
+        "foreach": foreach,
     }
 
 
@@ -649,12 +655,25 @@ def build_cases(suite: Suite, base: torch.nn.Module, model_dir: Path) -> list[Ca
             floor_case(suite, base),
             f"one pass over the {2 * n} rows, Hugging Face loss, no optimiser step",
         ),
+        Case(
+            "floor_two_passes",
+            FLOOR_GROUP,
+            "floor, forget and retain as two passes",
+            floor_case(suite, base, two_passes=True),
+            f"{n} forget rows, then {n} retain rows, one backward; no optimiser step",
+        ),
         ours("npo", "NPO (baldro-pl)", (NPO(beta=BETA), Mean(), NLL(), 1.0), notes="reference NLL cached"),
         ours(
             "npo_g",
             "NPO + BalDRO-G (baldro-pl)",
             (NPO(beta=BETA), BalDROG(ratio=RATIO), NLL(), 1.0),
-            notes=f"selection inside the one pass; {k} of {n} retain rows",
+            notes=f"no-grad selection pass over {n} rows (uncounted), then the gradient pass on {k} + {k} rows",
+        ),
+        ours(
+            "npo_g_one_pass",
+            'NPO + BalDRO-G, passes="one" (baldro-pl)',
+            (NPO(beta=BETA), BalDROG(ratio=RATIO, passes="one"), NLL(), 1.0),
+            notes=f"one gradient pass over {n} rows, {n - k} of them with zero weight, and {k} retain rows",
         ),
         ours("npo_dv", "NPO + BalDRO-DV (baldro-pl)", npo_dv()),
         ours(
@@ -811,7 +830,8 @@ def run_suite(s: Settings, out: Path) -> int:
         "mfu": {
             "formula": (
                 "6 * N * T / (step time * peak); N = parameters without the input embedding (LM head counted), "
-                "T = tokens of the rows trained on per step (forget rows + retain rows used, padding included); "
+                "T = tokens of the rows trained on per step (forget rows, the k kept ones of a two-pass BalDRO-G, "
+                "+ retain rows used, padding included); "
                 "not counted: attention score matmuls, the public patterns' frozen reference forward "
                 "(2 * N * its tokens) and BalDRO-G's selection pass"
             ),
@@ -876,9 +896,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cases",
         default=None,
-        help="comma-separated case ids or groups to run (groups: floor, baldro-pl, public, fsdp, sweep; ids: npo, "
-        "npo_g, npo_dv, simnpo_dv, satimp_dv, public_npo, public_npo_g, public_npo_dv, lightning_single, "
-        "lightning_fsdp, sweep_mb<N>)",
+        help="comma-separated case ids or groups to run (groups: floor, baldro-pl, public, fsdp, sweep; ids: floor, "
+        "floor_two_passes, npo, npo_g, npo_g_one_pass, npo_dv, simnpo_dv, satimp_dv, public_npo, public_npo_g, "
+        "public_npo_dv, lightning_single, lightning_fsdp, sweep_mb<N>)",
     )
     args = parser.parse_args(argv)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available" lines per Trainer

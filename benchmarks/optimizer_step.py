@@ -6,7 +6,9 @@ Three cases, each the optimiser ``build_optimizer`` returns for it now against t
   CPU, the foreach kernels on CUDA).
 * bf16 weights, moments in bf16 (``optimizer_state_dtype: param``): the same two.
 * bf16 weights, fp32 moments (``optimizer_state_dtype: float32``, the presets'): ``AdamWFp32State`` (torch's
-  multi-tensor AdamW on fp32 working copies, block by block) against the per-parameter loop it replaced, copied below.
+  AdamW on fp32 working copies, block by block: foreach on the CPU, fused on CUDA) against the per-parameter loop it
+  replaced, copied below.
+* ``fp32-state-fused``: ``AdamWFp32State`` with torch's foreach kernels against it with torch's fused kernel.
 
 The model is ``baldro_pl.toy.tiny_llama`` with a larger hidden size, built from a config (no download); every
 parameter gets a fixed random gradient. Each timed step is one ``optimizer.step()``; the two paths alternate, so that
@@ -31,7 +33,7 @@ import torch
 from baldro_pl.modules.optim import AdamWFp32State, build_optimizer
 from baldro_pl.toy import tiny_llama
 
-CASES = ("fp32", "bf16-param", "fp32-state")
+CASES = ("fp32", "bf16-param", "fp32-state", "fp32-state-fused")
 
 
 class PerParameterAdamWFp32State(torch.optim.Optimizer):
@@ -75,7 +77,9 @@ def _describe(optimizer: torch.optim.Optimizer) -> str:
     if isinstance(optimizer, PerParameterAdamWFp32State):
         return "per-parameter loop (before)"
     if isinstance(optimizer, AdamWFp32State):
-        return "AdamWFp32State (foreach on fp32 copies)"
+        on_cuda = any(p.device.type == "cuda" for g in optimizer.param_groups for p in g["params"])
+        fused = optimizer.fused if optimizer.fused is not None else on_cuda
+        return f"AdamWFp32State ({'fused' if fused else 'foreach'} on fp32 copies)"
     if optimizer.defaults.get("fused"):
         return "torch AdamW fused"
     # torch's default: its foreach kernels where it has them (CUDA), else its single-tensor loop (CPU)
@@ -148,6 +152,13 @@ def main() -> None:  # noqa: D103 - command-line entry point
             builders = (
                 lambda: PerParameterAdamWFp32State(_groups(model, args.weight_decay), lr=args.lr),
                 lambda: AdamWFp32State(_groups(model, args.weight_decay), lr=args.lr, block_numel=args.block_numel),
+            )
+        elif case == "fp32-state-fused":
+            builders = tuple(  # type: ignore[assignment]
+                lambda fused=fused: AdamWFp32State(
+                    _groups(model, args.weight_decay), lr=args.lr, block_numel=args.block_numel, fused=fused
+                )
+                for fused in (False, True)
             )
         else:
             builders = (

@@ -4,9 +4,9 @@
 
 Each step is a forward pass on a forget batch and a retain batch, the objective, backward and an AdamW step, on a
 randomly initialised Llama built from a config (no download). baldro-pl's path is ``UnlearningModule.compute_step``:
-one forward pass per side, the reference NLL read from the cache, BalDRO-G running a no-grad pass over the forget
-batch, then the gradient pass on the kept rows (and, for comparison,
-the one-pass form: the gradient pass over every row, the unkept ones at zero weight). The public pattern
+forget and retain rows in one forward pass (``forward_logprobs_joint``), the reference NLL read from the cache,
+BalDRO-G running a no-grad pass over the forget batch, then the gradient pass on the kept rows (and, for comparison,
+``passes="one"``: the gradient pass over every row, the unkept ones at zero weight). The public pattern
 (nxZhai/BalDRO, open-unlearning) runs the frozen reference model on every forget batch, and BalDRO-G runs an extra
 selection pass (with graph) before a subset pass.
 
@@ -97,13 +97,6 @@ def _passes(aggregator: BalDROG) -> str:
     return "two passes" if aggregator.selects_rows(8) else "one pass"
 
 
-class _OnePassG(BalDROG):
-    """BalDRO-G in one gradient pass over the whole forget batch, the unkept rows at zero weight (before issue 13)."""
-
-    def selects_rows(self, batch_size: int) -> bool:
-        return False
-
-
 def run(args: argparse.Namespace) -> list[tuple[str, float, float]]:
     """Time every pattern: ``(name, median ms per step, peak GiB on CUDA or NaN)`` per pattern."""
     device = torch.device(args.device)
@@ -165,7 +158,7 @@ def run(args: argparse.Namespace) -> list[tuple[str, float, float]]:
                 f"NPO + BalDRO-G {rho} (baldro-pl, {_passes(BalDROG(ratio=rho))})",
                 lambda rho=rho: ours(BalDROG(ratio=rho)),
             ),
-            (f"NPO + BalDRO-G {rho} (one pass, zero weights)", lambda rho=rho: ours(_OnePassG(ratio=rho))),
+            (f"NPO + BalDRO-G {rho} (one pass, zero weights)", lambda rho=rho: ours(BalDROG(ratio=rho, passes="one"))),
             (f"NPO + BalDRO-G {rho} (public pattern)", lambda rho=rho: public("group", rho)),
         ]
     dro += [

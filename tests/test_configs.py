@@ -232,7 +232,7 @@ class Method(NamedTuple):
 
 DV_EASY = {"temperature": 1.0, "emphasis": "easy", "unit": "sample", "score": "loss", "scope": "global"}  # release DV
 DV_HARD = {**DV_EASY, "emphasis": "hard"}  # the paper's DV
-GROUP = {"ratio": 0.5, "subsample_retain": True, "seed": None, "scope": "global"}
+GROUP = {"ratio": 0.5, "subsample_retain": True, "seed": None, "scope": "global", "passes": "auto"}
 NPO_ARGS, SIMNPO_ARGS, SATIMP_ARGS = {"beta": 0.1}, {"beta": 4.5, "delta": 0.0}, {"beta1": 5.0, "beta2": 1.0}
 RMU_ARGS = {
     "layer": 7,

@@ -16,11 +16,14 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "gpu_suite.py"
 WRAPPER = REPO / "benchmarks" / "gpu_suite.sh"
 
-# case id -> tokens per step in --tiny mode (2 forget + 2 retain rows of 32 tokens; BalDRO-G keeps 1 retain row)
+# case id -> tokens per step in --tiny mode (2 forget + 2 retain rows of 32 tokens; BalDRO-G keeps 1 retain row, and
+# its two-pass step trains on 1 forget row, the one pass on both)
 TINY_TOKENS = {
     "floor": 128,
+    "floor_two_passes": 128,
     "npo": 128,
-    "npo_g": 96,
+    "npo_g": 64,
+    "npo_g_one_pass": 96,
     "npo_dv": 128,
     "simnpo_dv": 128,
     "satimp_dv": 128,

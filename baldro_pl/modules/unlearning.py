@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from baldro_pl.forward import teacher_forced_logits
+from baldro_pl.forward import forward_logprobs_joint, teacher_forced_logits
 from baldro_pl.modules.base import CausalLMModule, from_config, plain_config
 from baldro_pl.modules.reference import ReferenceCache
 from baldro_pl.objectives import (
@@ -376,8 +376,8 @@ class UnlearningModule(CausalLMModule):
                 whole = self.forget_logprobs(forget)
             selection = objective.select_forget_rows(whole)
             forget = select_rows(forget, selection.rows)
-        forget_inputs = self._forget_inputs(forget, whole.select(selection.rows) if whole is not None else None)
-        retain_logits = retain_labels = reference_logits = retain_hidden = reference_retain_hidden = retain_lp = None
+        known = whole.select(selection.rows) if whole is not None else None
+        retain = None
         if objective.uses_retain:
             retain = batch.get("retain")
             if retain is None:
@@ -387,6 +387,14 @@ class UnlearningModule(CausalLMModule):
             rows = objective.retain_rows(n_forget, n_retain, step=self.global_step, device=device)
             if rows is not None:
                 retain = {k: v.index_select(0, rows) for k, v in retain.items()}
+        forget_lp = retain_lp = None
+        if retain is not None and self._joins_forget_and_retain():
+            forget_lp, retain_lp = forward_logprobs_joint(
+                self.model, [forget, retain], chunk_size=self.logprob_chunk_size
+            )
+        forget_inputs = self._forget_inputs(forget, known, logprobs=forget_lp)
+        retain_logits = retain_labels = reference_logits = retain_hidden = reference_retain_hidden = None
+        if retain is not None:
             retain_labels = retain["labels"]
             if objective.needs_retain_hidden:  # RMU's EmbedDiff: the layer's hidden states, the passes stop there
                 retain_hidden, _ = layer_hidden_states(self.model, retain, objective.hidden_layer)
@@ -395,7 +403,8 @@ class UnlearningModule(CausalLMModule):
                         self.reference_model, retain, objective.hidden_layer
                     )
             elif objective.needs_retain_logprobs:  # NLL: the target log-probs (chunked with logprob_chunk_size)
-                retain_lp = self.batch_logprobs(self.model, retain)
+                if retain_lp is None:
+                    retain_lp = self.batch_logprobs(self.model, retain)
             else:
                 # KL(normalise="reference") averages over every position of the padded batch: it needs all the logits
                 all_positions = objective.needs_all_retain_positions
@@ -416,18 +425,40 @@ class UnlearningModule(CausalLMModule):
         )
         return out, forget_inputs["forget"] if whole is None else whole
 
-    def _forget_inputs(self, forget: dict[str, Tensor], known: TokenLogProbs | None = None) -> dict[str, Any]:
+    def _joins_forget_and_retain(self) -> bool:
+        """Whether the step scores its forget and retain rows in one forward pass (:func:`forward_logprobs_joint`).
+
+        Where both sides need only target log-probs with gradient from the policy model: the forget side's plain
+        pass of :meth:`_forget_inputs` and the retain side's NLL. Not with hidden states (RMU), logits (CE-U,
+        UNDIAL, KL) or a forget side without gradient (IdkNLL's original answers).
+        """
+        objective = self.objective
+        return (
+            torch.is_grad_enabled()
+            and objective.needs_forget_grad
+            and not objective.needs_forget_hidden
+            and not objective.needs_forget_logits
+            and objective.needs_retain_logprobs
+            and not objective.needs_retain_hidden
+        )
+
+    def _forget_inputs(
+        self, forget: dict[str, Tensor], known: TokenLogProbs | None = None, *, logprobs: TokenLogProbs | None = None
+    ) -> dict[str, Any]:
         """The objective's forget-side arguments for the rows of ``forget``.
 
         One forward pass (RMU's hidden states, CEU/UNDIAL's logits, or log-probs only), the cached reference NLL and
         the alternative answers' pass (IdkNLL, IdkDPO).
 
         ``known``: these rows' log-probs from a no-grad pass already run, reused when the loss takes no gradient
-        through them and no logits or hidden states (IdkNLL).
+        through them and no logits or hidden states (IdkNLL). ``logprobs``: these rows' log-probs with gradient,
+        already computed by the step's joint forward pass (:meth:`_joins_forget_and_retain`).
         """
         objective = self.objective
         forget_logits = reference_forget_logits = forget_hidden = None
-        if objective.needs_forget_hidden:
+        if logprobs is not None:
+            forget_lp = logprobs
+        elif objective.needs_forget_hidden:
             forget_hidden, logits = layer_hidden_states(self.model, forget, objective.hidden_layer, logits=True)
             forget_lp = token_logprobs(logits, forget["labels"])
         elif objective.needs_forget_logits:

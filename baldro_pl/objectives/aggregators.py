@@ -351,6 +351,13 @@ class BalDROG(Aggregator):
             average of the per-process retain losses is the mean over ``k`` retain rows (exactly so when ``W``
             divides ``k`` and the retain loss is a sample mean). The rows are random either way; their number does
             not follow where the kept forget samples are.
+        passes: how a step runs (the value and gradients are the same): ``"two"``, a no-grad forward pass over the
+            whole forget batch picks the ``k`` rows, then the gradient pass runs on those rows alone (``B + 3k``
+            forward-equivalents, activations of ``k`` rows); ``"one"``, one gradient pass over the whole batch, the
+            unkept rows weighted 0 (``3B``); ``"auto"`` (default), ``"two"`` for ``ratio <= 2/3``, where it does
+            less arithmetic. Where kernel launches rather than arithmetic set the time (a GPU at a small
+            micro-batch), the extra pass of ``"two"`` costs more than it saves: on an H200, 1.1B Llama, 8 + 8 rows
+            of 256 tokens, ``"one"`` was the faster (docs/benchmarks.md, "GPU suite").
 
     >>> from baldro_pl.objectives import ForgetLosses
     >>> losses = ForgetLosses(
@@ -366,11 +373,20 @@ class BalDROG(Aggregator):
     """
 
     def __init__(
-        self, *, ratio: float = 0.5, subsample_retain: bool = True, seed: int | None = None, scope: Scope = "global"
+        self,
+        *,
+        ratio: float = 0.5,
+        subsample_retain: bool = True,
+        seed: int | None = None,
+        scope: Scope = "global",
+        passes: Literal["auto", "one", "two"] = "auto",
     ) -> None:
         if not (isinstance(ratio, int | float) and 0 < ratio <= 1):
             raise ValueError(f"BalDROG: ratio must be in (0, 1], got {ratio!r}")
         check_scope("BalDROG", scope)
+        if passes not in ("auto", "one", "two"):
+            raise ValueError(f"BalDROG: passes must be 'auto', 'one' or 'two', got {passes!r}")
+        self.passes = passes
         self.ratio = float(ratio)
         self.subsample_retain = subsample_retain
         self.seed = seed
@@ -389,8 +405,11 @@ class BalDROG(Aggregator):
         whole batch whose unkept rows get zero weight: they win when ``k <= 2/3 B`` (measured: docs/benchmarks.md,
         "BalDRO-G: two passes"), which covers the published ratio 0.5; above it the one pass is kept. Decided by
         ``ratio <= 2/3`` alone, not by ``B``, so that every process takes the same path (the two paths' collectives
-        differ under ``scope="global"``) even when the last micro-batches differ in size.
+        differ under ``scope="global"``) even when the last micro-batches differ in size. ``passes`` ``"one"`` or
+        ``"two"`` decides instead.
         """
+        if self.passes != "auto":
+            return self.passes == "two"
         return self.ratio <= 2 / 3
 
     def select(self, hardness: Tensor) -> Selection:
@@ -538,10 +557,15 @@ class BalDROG(Aggregator):
 
     def __setstate__(self, state: dict) -> None:
         state.setdefault("scope", "device")  # pickled before scope existed: selected per process
+        state.setdefault("passes", "auto")
         self.__dict__.update(state)
         self._draw_step = None
         self._draws = 0
 
     def __repr__(self) -> str:
         scope = "" if self.scope == "global" else f", scope={self.scope!r}"  # shown when not the default
-        return f"BalDROG(ratio={self.ratio!r}, subsample_retain={self.subsample_retain!r}, seed={self.seed!r}{scope})"
+        passes = "" if self.passes == "auto" else f", passes={self.passes!r}"
+        return (
+            f"BalDROG(ratio={self.ratio!r}, subsample_retain={self.subsample_retain!r}, seed={self.seed!r}{scope}"
+            f"{passes})"
+        )

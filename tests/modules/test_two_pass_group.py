@@ -22,13 +22,6 @@ from baldro_pl.toy import tiny_llama
 VOCAB, ROWS, LENGTH = 64, 8, 14
 
 
-class OnePassG(BalDROG):
-    """The one-pass form: every forget row through the gradient pass, the unkept ones at zero weight."""
-
-    def selects_rows(self, batch_size: int) -> bool:
-        return False
-
-
 def _side(seed: int, rows: int = ROWS, length: int = LENGTH) -> dict[str, torch.Tensor]:
     """Right-padded rows with prompts of 2-4 tokens and answers of 2-9 tokens (so the kept rows can be trimmed)."""
     return random_side(seed, vocab=VOCAB, rows=rows, length=length, prompt=(2, 5), answer=(2, length - 4))
@@ -68,7 +61,7 @@ def _step(module: UnlearningModule) -> tuple:
 @pytest.mark.parametrize("ratio", [0.5, 0.25])
 def test_two_passes_give_the_one_pass_value_weights_and_gradients(name: str, ratio: float) -> None:
     two, whole_two, grads_two = _step(_module(name, BalDROG(ratio=ratio, subsample_retain=False)))
-    one, whole_one, grads_one = _step(_module(name, OnePassG(ratio=ratio, subsample_retain=False)))
+    one, whole_one, grads_one = _step(_module(name, BalDROG(ratio=ratio, subsample_retain=False, passes="one")))
     assert two.forget_loss.item() == pytest.approx(one.forget_loss.item(), rel=1e-5, abs=1e-6)
     assert two.loss.item() == pytest.approx(one.loss.item(), rel=1e-5, abs=1e-6)
     torch.testing.assert_close(two.weights, one.weights, rtol=1e-5, atol=1e-7)
@@ -97,16 +90,42 @@ def test_the_model_sees_the_whole_batch_without_graph_then_only_the_kept_rows() 
     finally:
         hook.remove()
     forget_rows, length = ROWS, LENGTH
-    (rows0, len0, grad0), (rows1, len1, grad1), (rows2, _, grad2) = calls
+    (rows0, len0, grad0), (rows1, len1, grad1) = calls
     assert (rows0, len0, grad0) == (forget_rows, length, False)  # the selection pass
-    assert (rows1, grad1) == (2, True) and len1 <= length  # the k = 2 kept rows, right padding trimmed
-    assert (rows2, grad2) == (2, True)  # k random retain rows
-    assert len(calls) == 3
+    # one gradient pass: the k = 2 kept rows and the k random retain rows (forward_logprobs_joint)
+    assert (rows1, grad1) == (2 + 2, True) and len1 <= length
+    assert len(calls) == 2
 
 
 def test_a_ratio_above_two_thirds_keeps_the_one_pass() -> None:
     assert BalDROG(ratio=0.5).selects_rows(8) and BalDROG(ratio=2 / 3).selects_rows(8)
     assert not BalDROG(ratio=0.75).selects_rows(8) and not BalDROG(ratio=1.0).selects_rows(8)
+
+
+def test_passes_overrides_the_ratio_rule() -> None:
+    assert not BalDROG(ratio=0.25, passes="one").selects_rows(8)
+    assert BalDROG(ratio=0.9, passes="two").selects_rows(8)
+    assert "passes='two'" in repr(BalDROG(passes="two"))
+    assert "passes" not in repr(BalDROG())  # the default is not shown
+    with pytest.raises(ValueError, match="BalDROG: passes must be 'auto', 'one' or 'two', got 'three'"):
+        BalDROG(passes="three")
+
+
+@pytest.mark.parametrize("passes", ["one", "two"])
+def test_passes_decides_which_rows_the_gradient_pass_sees(passes: str) -> None:
+    module = _module("npo", BalDROG(ratio=0.75, subsample_retain=False, passes=passes))
+    calls: list[tuple[int, bool]] = []
+    hook = module.model.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append((kwargs["input_ids"].shape[0], torch.is_grad_enabled())),
+        with_kwargs=True,
+    )
+    try:
+        module.compute_step(BATCH)
+    finally:
+        hook.remove()
+    k = int(ROWS * 0.75)
+    # forget and retain rows in one gradient pass (forward_logprobs_joint), after a no-grad pass with "two"
+    assert calls == ([(ROWS + ROWS, True)] if passes == "one" else [(ROWS, False), (k + ROWS, True)])
 
 
 def test_select_rows_trims_the_padding_only_the_kept_rows_needed() -> None:
