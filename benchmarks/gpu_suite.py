@@ -739,12 +739,16 @@ def build_cases(suite: Suite, base: torch.nn.Module, model_dir: Path) -> list[Ca
 
 def environment(s: Settings) -> dict[str, Any]:
     """Versions and the device, for the report."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    commit = (git("rev-parse", "--short", "HEAD") or "").strip()
+    status = git("status", "--porcelain", "--untracked-files=no")
     return {
         "device_name": torch.cuda.get_device_name(s.device) if s.device.type == "cuda" else "cpu",
         "python": platform.python_version(),
@@ -753,6 +757,8 @@ def environment(s: Settings) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "lightning": pl.__version__,
         "git_commit": commit or None,
+        # files changed since that commit (a working tree copied to a GPU machine is often uncommitted)
+        "git_changed_files": None if status is None else len(status.splitlines()),
     }
 
 
