@@ -29,11 +29,8 @@ def logits_to_keep_for(labels: Tensor, ignore_index: int = IGNORE_INDEX) -> int:
     The LM head over a 50k-150k vocabulary is a large share of a step; prompts need no logits. Returns the
     number of last positions to keep (Hugging Face ``logits_to_keep``), at least 2.
     """
-    has_target = (labels[:, 1:] != ignore_index).any(0)
-    if not bool(has_target.any()):
-        return labels.shape[1]
-    first_target = int(has_target.nonzero()[0, 0]) + 1  # sequence position of the earliest target
-    return max(2, labels.shape[1] - first_target + 1)
+    (first,) = _first_target_positions([labels], ignore_index)
+    return _keep_from_first(first, labels.shape[1])
 
 
 def teacher_forced_logits(
@@ -48,8 +45,12 @@ def teacher_forced_logits(
         ``[B, L, V]``; ``logits[:, j]`` belongs to sequence position ``T - L + j`` (what
         :func:`~baldro_pl.objectives.logprobs.token_logprobs` aligns the labels to).
     """
-    keep = 0 if all_positions else logits_to_keep_for(labels)
-    return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep).logits
+    return _call(model, input_ids, attention_mask, 0 if all_positions else logits_to_keep_for(labels)).logits
+
+
+def _call(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, keep: int):
+    """The model's teacher-forced call: no KV cache, the LM head over the last ``keep`` positions (0: all)."""
+    return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep)
 
 
 def check_chunk_size(value: object, setting: str = "chunk_size") -> int | None:
@@ -198,10 +199,9 @@ def _logprobs_keeping(
 ) -> TokenLogProbs:
     """The forward pass of :func:`forward_logprobs` with its ``logits_to_keep`` already decided (0: all positions)."""
     if chunk_size is None:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep)
-        return token_logprobs(out.logits, labels)
+        return token_logprobs(_call(model, input_ids, attention_mask, keep).logits, labels)
     with logprob_head(model, labels, chunk_size) as head:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep)
+        out = _call(model, input_ids, attention_mask, keep)
     return head.take(model, out.logits)
 
 
@@ -231,7 +231,7 @@ def forward_logprobs_joint(
     """
     check_chunk_size(chunk_size)
     length = max(side["labels"].shape[1] for side in sides)
-    firsts = _first_target_positions([side["labels"] for side in sides])  # one device sync for every side
+    firsts = _first_target_positions([side["labels"] for side in sides])
 
     def padded(key: str, value: int) -> Tensor:
         return torch.cat([F.pad(side[key], (0, length - side[key].shape[1]), value=value) for side in sides])
@@ -257,15 +257,15 @@ def forward_logprobs_joint(
     return out
 
 
-def _first_target_positions(labels: Sequence[Tensor]) -> list[int]:
-    """Each batch's earliest target position (as in :func:`logits_to_keep_for`; its length when it has none)."""
+def _first_target_positions(labels: Sequence[Tensor], ignore_index: int = IGNORE_INDEX) -> list[int]:
+    """Each batch's earliest target position (its length when it has none), with one device sync for all."""
     firsts = []
     for batch_labels in labels:
         none = torch.tensor(batch_labels.shape[1], device=batch_labels.device)
         if batch_labels.shape[1] < 2:  # no position can be a target
             firsts.append(none)
             continue
-        has_target = (batch_labels[:, 1:] != IGNORE_INDEX).any(0)
+        has_target = (batch_labels[:, 1:] != ignore_index).any(0)
         firsts.append(torch.where(has_target.any(), has_target.int().argmax() + 1, none))
     return [int(first) for first in torch.stack(firsts).tolist()]
 

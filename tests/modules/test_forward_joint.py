@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from toy_task import random_side
 
 from baldro_pl.forward import forward_logprobs, forward_logprobs_joint
 from baldro_pl.labels import IGNORE_INDEX
 from baldro_pl.modules import UnlearningModule
 from baldro_pl.objectives import NLL, NPO, BalDRODV, BalDROG, SatImp
 from baldro_pl.toy import tiny_llama
-
-sys.path.insert(0, str(Path(__file__).parent / "modules"))
-from toy_task import random_side  # noqa: E402
 
 VOCAB = 97
 
